@@ -1,0 +1,7 @@
+export * from './errors.js';
+export * from './duration.js';
+export * from './ids.js';
+export * from './clock.js';
+export * from './types.js';
+export * from './paths.js';
+export * from './version.js';
