@@ -1,0 +1,359 @@
+/**
+ * Provider `mock`: each sandbox is a directory on the host and commands run as plain host
+ * processes. There is NO isolation (capabilities.isolation = 'none'): a command can read and
+ * write anything the server's user can. Only the file API is confined to the sandbox
+ * directory (see jail.ts). Use it for tests and for hosts without a container runtime, never
+ * for untrusted code.
+ *
+ * Layout under the root: `<root>/<runtimeId>/meta.json` (labels, env, for inventory across
+ * restarts), `console.log` (lifecycle lines) and `fs/` (the sandbox's `/`, with `workspace/`
+ * and `tmp/`).
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { constants as fsConstants } from 'node:fs';
+import { access, appendFile, mkdir, readFile, readdir, realpath, rm, stat, writeFile } from 'node:fs/promises';
+import { constants as osConstants } from 'node:os';
+import { join } from 'node:path';
+import type { Readable } from 'node:stream';
+import { StacyError, badRequest, notFound, providerError, timeoutError } from '../../core/errors.js';
+import type { Config } from '../../config/types.js';
+import { execArgv, processEvents } from '../exec-util.js';
+import type {
+  ExecEvent,
+  ExecRequest,
+  FileEntry,
+  Provider,
+  ProviderCapabilities,
+  ProviderHealth,
+  RuntimeInfo,
+  RuntimeStatus,
+  SpawnResult,
+  SpawnSpec,
+} from '../provider.js';
+import { Jail } from './jail.js';
+
+const RUNTIME_ID = /^mock-[0-9a-f]{16}$/;
+const KILL_WAIT_MS = 5_000;
+
+interface RuntimeMeta {
+  runtimeId: string;
+  sandboxId: string;
+  workerId: string;
+  ownerId: string | null;
+  image: string;
+  env: Record<string, string>;
+  labels: Record<string, string>;
+  createdAt: number;
+}
+
+interface Runtime {
+  meta: RuntimeMeta;
+  dir: string;
+  jail: Jail;
+}
+
+export interface MockProviderOptions {
+  /** Directory holding one subdirectory per sandbox; created on demand. */
+  root: string;
+  now?: () => number;
+}
+
+/** The mock root from config: `providers.mock.root`, or `<dataDir>/mock` when empty. */
+export function mockRootFrom(config: Pick<Config, 'dataDir' | 'providers'>): string {
+  return config.providers.mock.root !== '' ? config.providers.mock.root : join(config.dataDir, 'mock');
+}
+
+export class MockProvider implements Provider {
+  readonly name = 'mock';
+  readonly capabilities: ProviderCapabilities = {
+    isolation: 'none',
+    features: ['exec:shell', 'exec:argv', 'exec:stream', 'files', 'inventory', 'console_log'],
+  };
+
+  private readonly root: string;
+  private readonly now: () => number;
+  /** Live process groups per runtime, so destroy can kill what is still running. */
+  private readonly running = new Map<string, Set<ChildProcess>>();
+  /** Runtimes being destroyed: new work on them is refused at once. */
+  private readonly destroying = new Set<string>();
+
+  constructor(options: MockProviderOptions) {
+    this.root = options.root;
+    this.now = options.now ?? Date.now;
+  }
+
+  private runtimeDir(runtimeId: string): string {
+    return join(this.root, runtimeId);
+  }
+
+  private async load(runtimeId: string): Promise<Runtime | undefined> {
+    if (!RUNTIME_ID.test(runtimeId) || this.destroying.has(runtimeId)) return undefined;
+    const dir = this.runtimeDir(runtimeId);
+    let meta: RuntimeMeta;
+    try {
+      meta = JSON.parse(await readFile(join(dir, 'meta.json'), 'utf8')) as RuntimeMeta;
+    } catch {
+      return undefined;
+    }
+    try {
+      return { meta, dir, jail: new Jail(await realpath(join(dir, 'fs'))) };
+    } catch {
+      return undefined;
+    }
+  }
+
+  private async runtime(runtimeId: string): Promise<Runtime> {
+    const rt = await this.load(runtimeId);
+    if (rt === undefined) throw notFound('runtime', runtimeId);
+    return rt;
+  }
+
+  private async log(dir: string, line: string): Promise<void> {
+    await appendFile(join(dir, 'console.log'), `${new Date(this.now()).toISOString()} ${line}\n`).catch(() => undefined);
+  }
+
+  async spawn(spec: SpawnSpec): Promise<SpawnResult> {
+    const runtimeId = `mock-${randomBytes(8).toString('hex')}`;
+    const dir = this.runtimeDir(runtimeId);
+    try {
+      await mkdir(join(dir, 'fs', 'workspace'), { recursive: true, mode: 0o755 });
+      await mkdir(join(dir, 'fs', 'tmp'), { recursive: true, mode: 0o755 });
+      const meta: RuntimeMeta = {
+        runtimeId,
+        sandboxId: spec.sandboxId,
+        workerId: spec.workerId,
+        ownerId: spec.ownerId,
+        image: spec.image,
+        env: spec.env,
+        labels: spec.labels,
+        createdAt: this.now(),
+      };
+      // meta.json last: a runtime without it is half-made and invisible to inventory.
+      await writeFile(join(dir, 'meta.json'), JSON.stringify(meta), { mode: 0o600 });
+    } catch (err) {
+      await rm(dir, { recursive: true, force: true }).catch(() => undefined);
+      throw providerError(`mock: cannot create sandbox directory under ${this.root}`, err);
+    }
+    await this.log(dir, `spawned sandbox=${spec.sandboxId} image=${spec.image} isolation=none`);
+    return { runtimeId };
+  }
+
+  async status(runtimeId: string): Promise<RuntimeStatus> {
+    return (await this.load(runtimeId)) === undefined ? 'missing' : 'running';
+  }
+
+  async destroy(runtimeId: string): Promise<void> {
+    if (!RUNTIME_ID.test(runtimeId)) return;
+    this.destroying.add(runtimeId);
+    try {
+      const children = [...(this.running.get(runtimeId) ?? [])];
+      await Promise.all(children.map((child) => killTree(child)));
+      await rm(this.runtimeDir(runtimeId), { recursive: true, force: true, maxRetries: 3 });
+    } catch (err) {
+      throw providerError(`mock: cannot remove ${runtimeId}`, err);
+    } finally {
+      this.destroying.delete(runtimeId);
+    }
+  }
+
+  execStream(runtimeId: string, request: ExecRequest, signal?: AbortSignal): AsyncIterable<ExecEvent> {
+    return { [Symbol.asyncIterator]: () => this.runExec(runtimeId, request, signal)[Symbol.asyncIterator]() };
+  }
+
+  private async *runExec(runtimeId: string, request: ExecRequest, signal?: AbortSignal): AsyncGenerator<ExecEvent> {
+    const rt = await this.runtime(runtimeId);
+    signal?.throwIfAborted();
+    const workdir = request.workdir ?? '/workspace';
+    const cwd = await rt.jail.resolve(workdir);
+    if (!(await stat(cwd)).isDirectory()) throw badRequest(`workdir ${workdir}: not a directory`);
+    const env: Record<string, string> = {
+      PATH: process.env.PATH ?? '/usr/local/bin:/usr/bin:/bin',
+      HOME: join(rt.jail.root, 'workspace'),
+      TMPDIR: join(rt.jail.root, 'tmp'),
+      LANG: 'C.UTF-8',
+      SANDBOX_ID: rt.meta.sandboxId,
+      ...rt.meta.env,
+      ...request.env,
+    };
+    const [file, ...args] = execArgv(request);
+    await this.log(rt.dir, `exec started mode=${request.mode}`);
+    // From here on nothing awaits until the output is wired up: a quiet command can close
+    // its pipes and exit within a tick, and those events must not be missed.
+    const startedAt = this.now();
+    // A new process group per command, so a timeout or cancel kills everything it started.
+    const child = spawn(file as string, args, { cwd, env, detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
+    trackClose(child);
+    const group = this.running.get(runtimeId) ?? new Set<ChildProcess>();
+    this.running.set(runtimeId, group);
+    group.add(child);
+
+    let ended: 'timeout' | 'aborted' | undefined;
+    const timer = setTimeout(() => {
+      ended ??= 'timeout';
+      void killTree(child);
+    }, request.timeoutMs);
+    const onAbort = (): void => {
+      ended ??= 'aborted';
+      void killTree(child);
+    };
+    signal?.addEventListener('abort', onAbort, { once: true });
+
+    const exited = new Promise<number>((resolve, reject) => {
+      let spawnError: number | undefined;
+      child.once('error', (err: NodeJS.ErrnoException) => {
+        // The binary could not be started (argv mode): report it like a shell would.
+        spawnError = err.code === 'ENOENT' ? 127 : 126;
+      });
+      child.once('close', (code, sig) => {
+        clearTimeout(timer);
+        signal?.removeEventListener('abort', onAbort);
+        group.delete(child);
+        if (ended === 'timeout') {
+          void this.log(rt.dir, `exec timed out after ${request.timeoutMs}ms`);
+          reject(timeoutError(`command exceeded its ${request.timeoutMs}ms timeout and was killed`));
+          return;
+        }
+        if (ended === 'aborted') {
+          reject(signal?.reason instanceof Error ? signal.reason : new StacyError('bad_request', 'exec cancelled'));
+          return;
+        }
+        const exitCode = spawnError ?? code ?? 128 + (sig === null ? 0 : (osConstants.signals[sig] ?? 0));
+        void this.log(rt.dir, `exec exited code=${exitCode}`);
+        resolve(exitCode);
+      });
+    });
+    try {
+      yield* processEvents({
+        stdout: child.stdout as Readable,
+        stderr: child.stderr as Readable,
+        exited,
+        startedAt,
+        now: this.now,
+        cancel: () => killTree(child),
+      });
+    } finally {
+      await killTree(child);
+    }
+  }
+
+  async writeFile(runtimeId: string, path: string, content: Buffer | Readable, mode?: number): Promise<void> {
+    await (await this.runtime(runtimeId)).jail.writeFile(path, content, mode);
+  }
+
+  async readFile(runtimeId: string, path: string): Promise<Readable> {
+    return (await this.runtime(runtimeId)).jail.readFile(path);
+  }
+
+  async listFiles(runtimeId: string, path: string): Promise<FileEntry[]> {
+    return (await this.runtime(runtimeId)).jail.list(path);
+  }
+
+  async deleteFile(runtimeId: string, path: string, recursive: boolean): Promise<void> {
+    await (await this.runtime(runtimeId)).jail.delete(path, recursive);
+  }
+
+  async moveFile(runtimeId: string, fromPath: string, toPath: string): Promise<void> {
+    await (await this.runtime(runtimeId)).jail.move(fromPath, toPath);
+  }
+
+  async chmod(runtimeId: string, path: string, mode: number): Promise<void> {
+    await (await this.runtime(runtimeId)).jail.chmod(path, mode);
+  }
+
+  async stat(runtimeId: string, path: string): Promise<FileEntry> {
+    return (await this.runtime(runtimeId)).jail.stat(path);
+  }
+
+  async glob(runtimeId: string, pattern: string): Promise<string[]> {
+    return (await this.runtime(runtimeId)).jail.glob(pattern);
+  }
+
+  async consoleLog(runtimeId: string, lines: number): Promise<string[]> {
+    const rt = await this.runtime(runtimeId);
+    if (lines <= 0) return [];
+    const text = await readFile(join(rt.dir, 'console.log'), 'utf8').catch(() => '');
+    const all = text.split('\n').filter((l) => l.length > 0);
+    return all.slice(-lines);
+  }
+
+  async health(): Promise<ProviderHealth> {
+    const started = performance.now();
+    try {
+      await mkdir(this.root, { recursive: true });
+      await access(this.root, fsConstants.W_OK);
+      return {
+        healthy: true,
+        latencyMs: performance.now() - started,
+        details: { isolation: 'none', root: this.root, runtimes: (await this.inventory()).length },
+      };
+    } catch (err) {
+      return {
+        healthy: false,
+        latencyMs: performance.now() - started,
+        error: `mock root ${this.root} is not writable: ${(err as Error).message}`,
+        details: { isolation: 'none', root: this.root },
+      };
+    }
+  }
+
+  async inventory(): Promise<RuntimeInfo[]> {
+    let names: string[];
+    try {
+      names = await readdir(this.root);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
+      throw providerError(`mock: cannot read ${this.root}`, err);
+    }
+    const out: RuntimeInfo[] = [];
+    for (const name of names.filter((n) => RUNTIME_ID.test(n)).sort()) {
+      const rt = await this.load(name);
+      if (rt === undefined) continue;
+      out.push({
+        runtimeId: name,
+        status: 'running',
+        sandboxId: rt.meta.sandboxId,
+        workerId: rt.meta.workerId,
+        ...(rt.meta.ownerId === null ? {} : { ownerId: rt.meta.ownerId }),
+        createdAt: rt.meta.createdAt,
+      });
+    }
+    return out;
+  }
+
+  /** Kills every command still running; sandbox directories stay for the next start. */
+  async close(): Promise<void> {
+    const all = [...this.running.values()].flatMap((set) => [...set]);
+    await Promise.all(all.map((child) => killTree(child)));
+  }
+}
+
+/** Resolves when a child's process and pipes are closed; registered right after spawn. */
+const closedOf = new WeakMap<ChildProcess, Promise<void>>();
+
+function trackClose(child: ChildProcess): void {
+  closedOf.set(child, new Promise<void>((resolve) => child.once('close', () => resolve())));
+}
+
+/**
+ * SIGKILLs the child's whole process group unless it has already closed, then waits (bounded)
+ * for the close. A closed child is left alone: its group id may already belong to someone else.
+ */
+async function killTree(child: ChildProcess): Promise<void> {
+  const closed = closedOf.get(child);
+  if (closed === undefined) return;
+  let done = false;
+  void closed.then(() => (done = true));
+  await Promise.resolve();
+  if (done) return;
+  if (child.pid !== undefined) {
+    try {
+      process.kill(-child.pid, 'SIGKILL');
+    } catch {
+      // ESRCH: the group is already gone.
+    }
+  }
+  let timer: NodeJS.Timeout | undefined;
+  await Promise.race([closed, new Promise<void>((resolve) => (timer = setTimeout(resolve, KILL_WAIT_MS)))]);
+  clearTimeout(timer);
+}
