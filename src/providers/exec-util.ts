@@ -4,7 +4,29 @@
  * into an AsyncIterable<ExecEvent> with backpressure.
  */
 import type { Readable } from 'node:stream';
+import { badRequest } from '../core/errors.js';
 import type { ExecEvent, ExecRequest } from './provider.js';
+
+/** Longest delay a Node timer can hold; larger timeouts would fire at once. */
+export const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/**
+ * Rejects requests no runtime can execute faithfully (NUL bytes cannot cross exec(2), an
+ * empty argv[0] names no program, a non-positive timeout cannot be honoured) with `bad_request`
+ * instead of letting them surface as runtime crashes.
+ */
+export function validateExecRequest(request: ExecRequest): void {
+  if (typeof request.command !== 'string' || request.command.length === 0) throw badRequest('command: required');
+  if (request.command.includes('\0')) throw badRequest('command: must not contain NUL bytes');
+  request.args.forEach((arg, i) => {
+    if (arg.includes('\0')) throw badRequest(`args[${i}]: must not contain NUL bytes`);
+  });
+  for (const [key, value] of Object.entries(request.env)) {
+    if (key.length === 0 || key.includes('=') || key.includes('\0')) throw badRequest(`env: invalid variable name ${JSON.stringify(key)}`);
+    if (value.includes('\0')) throw badRequest(`env.${key}: must not contain NUL bytes`);
+  }
+  if (!Number.isFinite(request.timeoutMs) || request.timeoutMs <= 0) throw badRequest('timeout: must be a positive number of milliseconds');
+}
 
 /** Quotes one argument for POSIX sh so it arrives as exactly one literal word. */
 export function shellQuoteArg(arg: string): string {
@@ -187,7 +209,13 @@ export function processEvents(output: ProcessOutput): AsyncIterable<ExecEvent> {
   const queue = new ExecEventQueue(output.highWaterMark ?? 1024 * 1024, {
     onFull: () => streams.forEach((s) => s.pause()),
     onDrain: () => streams.forEach((s) => s.resume()),
-    onReturn: () => output.cancel(),
+    onReturn: async () => {
+      // Kill first, then drop the pipes: paused, unread pipes would keep the process from
+      // ever reporting its close.
+      const cancelled = output.cancel();
+      streams.forEach((s) => s.destroy());
+      await cancelled;
+    },
   });
   const ended = (stream: Readable, type: 'stdout' | 'stderr'): Promise<void> =>
     new Promise<void>((resolve) => {

@@ -131,6 +131,20 @@ describe('mock provider specifics', () => {
     }
   });
 
+  it('refuses to read FIFOs and devices instead of blocking on them', async () => {
+    await collectExec(provider.execStream(rt, shell('mkfifo pipe')));
+    await expectCode(() => provider.readFile(rt, '/workspace/pipe'), 'bad_request');
+  });
+
+  it('rejects requests a process cannot receive with bad_request', async () => {
+    const run = (patch: Partial<ExecRequest>) => collectExec(provider.execStream(rt, { ...shell('true'), ...patch }));
+    await expectCode(() => run({ env: { A: 'a\0b' } }), 'bad_request');
+    await expectCode(() => run({ command: '', mode: 'argv' }), 'bad_request');
+    await expectCode(() => run({ timeoutMs: 0 }), 'bad_request');
+    expect((await run({ command: 'echo ok', timeoutMs: 2 ** 40 })).stdout).toBe('ok\n');
+    await expectCode(() => run({ workdir: '/workspace/missing-dir' }), 'not_found');
+  });
+
   it('reports a missing argv binary as exit 127', async () => {
     const r = await collectExec(provider.execStream(rt, { command: 'no-such-binary-xyz', args: [], mode: 'argv', env: {}, timeoutMs: 10_000 }));
     expect(r.exitCode).toBe(127);

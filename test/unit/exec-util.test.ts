@@ -10,6 +10,7 @@ import {
   processEvents,
   shellQuote,
   shellQuoteArg,
+  validateExecRequest,
 } from '../../src/providers/exec-util.js';
 import type { ExecEvent } from '../../src/providers/provider.js';
 
@@ -193,5 +194,24 @@ describe('processEvents', () => {
       })(),
     ).rejects.toBeInstanceOf(StacyError);
     expect(seen).toEqual(['stdout']);
+  });
+});
+
+describe('validateExecRequest', () => {
+  const base = { command: 'echo', args: [], mode: 'argv' as const, env: {}, timeoutMs: 1000 };
+  it('accepts an ordinary request', () => {
+    expect(() => validateExecRequest({ ...base, args: ['a b', ''], env: { A: 'x=y' } })).not.toThrow();
+  });
+  it.each([
+    ['empty command', { command: '' }],
+    ['NUL in command', { command: 'a\0b' }],
+    ['NUL in an arg', { args: ['ok', 'x\0'] }],
+    ['= in an env name', { env: { 'A=B': 'x' } }],
+    ['empty env name', { env: { '': 'x' } }],
+    ['NUL in an env value', { env: { A: 'x\0' } }],
+    ['zero timeout', { timeoutMs: 0 }],
+    ['NaN timeout', { timeoutMs: Number.NaN }],
+  ])('rejects %s with bad_request', (_label, patch) => {
+    expect(() => validateExecRequest({ ...base, ...patch })).toThrow(expect.objectContaining({ code: 'bad_request' }));
   });
 });

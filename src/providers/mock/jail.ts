@@ -119,7 +119,8 @@ export class Jail {
   async readFile(sandboxPath: string): Promise<Readable> {
     const real = await this.resolve(sandboxPath);
     try {
-      const handle = await open(real, constants.O_RDONLY | constants.O_NOFOLLOW);
+      // O_NONBLOCK: opening a FIFO planted by a command must not block a pool thread forever.
+      const handle = await open(real, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
       try {
         const info = await handle.stat();
         if (info.isDirectory()) throw badRequest(`${sandboxPath}: is a directory`);

@@ -18,7 +18,7 @@ import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { StacyError, badRequest, notFound, providerError, timeoutError } from '../../core/errors.js';
 import type { Config } from '../../config/types.js';
-import { execArgv, processEvents } from '../exec-util.js';
+import { MAX_TIMER_MS, execArgv, processEvents, validateExecRequest } from '../exec-util.js';
 import type {
   ExecEvent,
   ExecRequest,
@@ -162,6 +162,7 @@ export class MockProvider implements Provider {
   }
 
   private async *runExec(runtimeId: string, request: ExecRequest, signal?: AbortSignal): AsyncGenerator<ExecEvent> {
+    validateExecRequest(request);
     const rt = await this.runtime(runtimeId);
     signal?.throwIfAborted();
     const workdir = request.workdir ?? '/workspace';
@@ -182,7 +183,12 @@ export class MockProvider implements Provider {
     // its pipes and exit within a tick, and those events must not be missed.
     const startedAt = this.now();
     // A new process group per command, so a timeout or cancel kills everything it started.
-    const child = spawn(file as string, args, { cwd, env, detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
+    let child: ChildProcess;
+    try {
+      child = spawn(file as string, args, { cwd, env, detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
+    } catch (err) {
+      throw providerError('mock: cannot start the command', err);
+    }
     trackClose(child);
     const group = this.running.get(runtimeId) ?? new Set<ChildProcess>();
     this.running.set(runtimeId, group);
@@ -192,7 +198,7 @@ export class MockProvider implements Provider {
     const timer = setTimeout(() => {
       ended ??= 'timeout';
       void killTree(child);
-    }, request.timeoutMs);
+    }, Math.min(request.timeoutMs, MAX_TIMER_MS));
     const onAbort = (): void => {
       ended ??= 'aborted';
       void killTree(child);
@@ -328,24 +334,30 @@ export class MockProvider implements Provider {
   }
 }
 
-/** Resolves when a child's process and pipes are closed; registered right after spawn. */
+/** Close promises of spawned children, and which of them have closed (checked synchronously). */
 const closedOf = new WeakMap<ChildProcess, Promise<void>>();
+const closedChildren = new WeakSet<ChildProcess>();
 
 function trackClose(child: ChildProcess): void {
-  closedOf.set(child, new Promise<void>((resolve) => child.once('close', () => resolve())));
+  closedOf.set(
+    child,
+    new Promise<void>((resolve) =>
+      child.once('close', () => {
+        closedChildren.add(child);
+        resolve();
+      }),
+    ),
+  );
 }
 
 /**
- * SIGKILLs the child's whole process group unless it has already closed, then waits (bounded)
- * for the close. A closed child is left alone: its group id may already belong to someone else.
+ * SIGKILLs the child's whole process group (synchronously, before the first await) unless it
+ * has already closed, then waits (bounded) for the close. A closed child is left alone: its
+ * group id may already belong to someone else.
  */
-async function killTree(child: ChildProcess): Promise<void> {
+function killTree(child: ChildProcess): Promise<void> {
   const closed = closedOf.get(child);
-  if (closed === undefined) return;
-  let done = false;
-  void closed.then(() => (done = true));
-  await Promise.resolve();
-  if (done) return;
+  if (closed === undefined || closedChildren.has(child)) return Promise.resolve();
   if (child.pid !== undefined) {
     try {
       process.kill(-child.pid, 'SIGKILL');
@@ -354,6 +366,7 @@ async function killTree(child: ChildProcess): Promise<void> {
     }
   }
   let timer: NodeJS.Timeout | undefined;
-  await Promise.race([closed, new Promise<void>((resolve) => (timer = setTimeout(resolve, KILL_WAIT_MS)))]);
-  clearTimeout(timer);
+  return Promise.race([closed, new Promise<void>((resolve) => (timer = setTimeout(resolve, KILL_WAIT_MS)))]).finally(() =>
+    clearTimeout(timer),
+  );
 }
