@@ -1,5 +1,5 @@
 import { existsSync } from 'node:fs';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -86,6 +86,18 @@ describe('mock provider specifics', () => {
     expect(lines.some((l) => l.includes('exec exited code=5'))).toBe(true);
     expect(await provider.consoleLog(rt, 1)).toHaveLength(1);
     expect(await provider.consoleLog(rt, 0)).toEqual([]);
+  });
+
+  it('keeps the console log bounded for busy sandboxes', async () => {
+    const small = new MockProvider({ root, consoleLogMaxBytes: 2048 });
+    const { runtimeId } = await small.spawn({ ...spec, sandboxId: 'sb-0000c0de' });
+    for (let i = 0; i < 60; i++) await collectExec(small.execStream(runtimeId, shell(`exit ${i % 7}`)));
+    const size = (await stat(join(root, runtimeId, 'console.log'))).size;
+    expect(size).toBeLessThanOrEqual(2048 + 2048 / 16 + 200);
+    const lines = await small.consoleLog(runtimeId, 1000);
+    expect(lines.at(-1)).toMatch(/exec exited code=3$/);
+    for (const line of lines) expect(line).toMatch(/^\d{4}-\d\d-\d\dT\S+Z /);
+    await small.destroy(runtimeId);
   });
 
   it('rejects file operations through symlinks that leave the sandbox with bad_request', async () => {

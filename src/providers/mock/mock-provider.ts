@@ -12,7 +12,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { constants as fsConstants } from 'node:fs';
-import { access, appendFile, mkdir, readFile, readdir, realpath, rm, stat, writeFile } from 'node:fs/promises';
+import { access, appendFile, mkdir, open, readFile, readdir, realpath, rm, stat, writeFile } from 'node:fs/promises';
 import { constants as osConstants } from 'node:os';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
@@ -36,6 +36,20 @@ import { Jail } from './jail.js';
 const RUNTIME_ID = /^mock-[0-9a-f]{16}$/;
 const KILL_WAIT_MS = 5_000;
 
+/** The last `maxBytes` of a file as text (the first line may be partial). */
+async function readTail(file: string, maxBytes: number): Promise<string> {
+  const handle = await open(file, 'r');
+  try {
+    const { size } = await handle.stat();
+    const length = Math.min(size, maxBytes);
+    const buffer = Buffer.alloc(length);
+    await handle.read(buffer, 0, length, size - length);
+    return buffer.toString('utf8');
+  } finally {
+    await handle.close();
+  }
+}
+
 interface RuntimeMeta {
   runtimeId: string;
   sandboxId: string;
@@ -57,6 +71,8 @@ export interface MockProviderOptions {
   /** Directory holding one subdirectory per sandbox; created on demand. */
   root: string;
   now?: () => number;
+  /** Size at which a sandbox's console log is trimmed to its newer half; default 1 MiB. */
+  consoleLogMaxBytes?: number;
 }
 
 /** The mock root from config: `providers.mock.root`, or `<dataDir>/mock` when empty. */
@@ -73,14 +89,18 @@ export class MockProvider implements Provider {
 
   private readonly root: string;
   private readonly now: () => number;
+  private readonly consoleLogMaxBytes: number;
   /** Live process groups per runtime, so destroy can kill what is still running. */
   private readonly running = new Map<string, Set<ChildProcess>>();
   /** Runtimes being destroyed: new work on them is refused at once. */
   private readonly destroying = new Set<string>();
+  /** Console bytes appended per runtime dir since its size was last checked. */
+  private readonly consoleWritten = new Map<string, number>();
 
   constructor(options: MockProviderOptions) {
     this.root = options.root;
     this.now = options.now ?? Date.now;
+    this.consoleLogMaxBytes = options.consoleLogMaxBytes ?? 1024 * 1024;
   }
 
   private runtimeDir(runtimeId: string): string {
@@ -109,8 +129,28 @@ export class MockProvider implements Provider {
     return rt;
   }
 
+  /**
+   * Appends a lifecycle line. The log of a long-lived, busy sandbox is trimmed to its newest
+   * half once it passes consoleLogMaxBytes, checked every sixteenth of that written.
+   */
   private async log(dir: string, line: string): Promise<void> {
-    await appendFile(join(dir, 'console.log'), `${new Date(this.now()).toISOString()} ${line}\n`).catch(() => undefined);
+    const file = join(dir, 'console.log');
+    const text = `${new Date(this.now()).toISOString()} ${line}\n`;
+    try {
+      await appendFile(file, text);
+      const written = (this.consoleWritten.get(dir) ?? 0) + text.length;
+      if (written < this.consoleLogMaxBytes / 16) {
+        this.consoleWritten.set(dir, written);
+        return;
+      }
+      this.consoleWritten.delete(dir);
+      if ((await stat(file)).size > this.consoleLogMaxBytes) {
+        const tail = await readTail(file, Math.floor(this.consoleLogMaxBytes / 2));
+        await writeFile(file, tail.slice(tail.indexOf('\n') + 1));
+      }
+    } catch {
+      // The console log is best-effort: a full disk must not fail the operation it describes.
+    }
   }
 
   async spawn(spec: SpawnSpec): Promise<SpawnResult> {
@@ -150,6 +190,7 @@ export class MockProvider implements Provider {
       const children = [...(this.running.get(runtimeId) ?? [])];
       await Promise.all(children.map((child) => killTree(child)));
       await rm(this.runtimeDir(runtimeId), { recursive: true, force: true, maxRetries: 3 });
+      this.consoleWritten.delete(this.runtimeDir(runtimeId));
     } catch (err) {
       throw providerError(`mock: cannot remove ${runtimeId}`, err);
     } finally {
@@ -278,9 +319,11 @@ export class MockProvider implements Provider {
   async consoleLog(runtimeId: string, lines: number): Promise<string[]> {
     const rt = await this.runtime(runtimeId);
     if (lines <= 0) return [];
-    const text = await readFile(join(rt.dir, 'console.log'), 'utf8').catch(() => '');
-    const all = text.split('\n').filter((l) => l.length > 0);
-    return all.slice(-lines);
+    const text = await readTail(join(rt.dir, 'console.log'), this.consoleLogMaxBytes).catch(() => '');
+    return text
+      .split('\n')
+      .filter((l) => l.length > 0)
+      .slice(-lines);
   }
 
   async health(): Promise<ProviderHealth> {
