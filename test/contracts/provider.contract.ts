@@ -421,6 +421,13 @@ export function providerContract(name: string, setup: () => Promise<ContractSetu
         expect((await provider.stat(rt, '/workspace/deep/er')).isDir).toBe(true);
       });
 
+      it('handles concurrent writes that create the same new directories', async () => {
+        await Promise.all(Array.from({ length: 20 }, (_, i) => provider.writeFile(rt, `/workspace/conc/a/b/f${i}.txt`, Buffer.from(String(i)))));
+        const names = (await provider.listFiles(rt, '/workspace/conc/a/b')).map((e) => e.name);
+        expect(names).toHaveLength(20);
+        expect(await text('/workspace/conc/a/b/f7.txt')).toBe('7');
+      });
+
       it('applies the mode given on write (default 0644)', async () => {
         await provider.writeFile(rt, '/workspace/plain.txt', Buffer.from('p'));
         expect((await provider.stat(rt, '/workspace/plain.txt')).mode).toBe(0o644);

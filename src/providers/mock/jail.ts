@@ -65,35 +65,42 @@ export class Jail {
    * that leaves the root).
    */
   async parentOf(sandboxPath: string, create = false): Promise<{ dir: string; base: string }> {
+    if (!sandboxPath.startsWith('/') || sandboxPath.includes('\0')) throw badRequest(`${JSON.stringify(sandboxPath)}: not an absolute sandbox path`);
     const segments = sandboxPath.split('/').filter((s) => s.length > 0);
     if (segments.some((s) => s === '..' || s === '.')) throw badRequest(`${sandboxPath}: must be normalised`);
     const base = segments.pop() ?? '';
     let dir = this.root;
-    for (const segment of segments) {
-      const next = join(dir, segment);
-      let info: Stats;
-      try {
-        info = await lstat(next);
-      } catch (err) {
-        if (create && errnoOf(err) === 'ENOENT') {
-          await mkdir(next, { mode: 0o755 });
-          dir = next;
-          continue;
-        }
-        throw mapFsError(err, sandboxPath);
-      }
-      if (info.isSymbolicLink()) {
-        const real = await this.realInside(next, sandboxPath).catch((err: unknown) => {
-          throw mapFsError(err, sandboxPath);
-        });
-        info = await stat(real);
-        dir = real;
-      } else {
-        dir = next;
-      }
-      if (!info.isDirectory()) throw new StacyError('not_found', `${sandboxPath}: a path component is not a directory`);
+    try {
+      for (const segment of segments) dir = await this.step(join(dir, segment), sandboxPath, create);
+    } catch (err) {
+      throw mapFsError(err, sandboxPath);
     }
     return { dir, base };
+  }
+
+  /** Enters one directory component: made when missing (with `create`), followed when a link stays inside. */
+  private async step(next: string, sandboxPath: string, create: boolean): Promise<string> {
+    let info: Stats;
+    try {
+      info = await lstat(next);
+    } catch (err) {
+      if (!create || errnoOf(err) !== 'ENOENT') throw err;
+      try {
+        await mkdir(next, { mode: 0o755 });
+        return next;
+      } catch (mkdirErr) {
+        // A concurrent writer made it first: use what is there now, checked like any other.
+        if (errnoOf(mkdirErr) !== 'EEXIST') throw mkdirErr;
+        info = await lstat(next);
+      }
+    }
+    let dir = next;
+    if (info.isSymbolicLink()) {
+      dir = await this.realInside(next, sandboxPath);
+      info = await stat(dir);
+    }
+    if (!info.isDirectory()) throw new StacyError('not_found', `${sandboxPath}: a path component is not a directory`);
+    return dir;
   }
 
   /** The real host path of `sandboxPath`, following symlinks only while they stay inside. */
@@ -255,6 +262,7 @@ export class Jail {
    */
   async glob(pattern: string): Promise<string[]> {
     if (!pattern.startsWith('/')) throw badRequest('pattern: must be absolute inside the sandbox');
+    if (pattern.includes('\0')) throw badRequest('pattern: must not contain NUL bytes');
     const segments = pattern.split('/').filter((s) => s.length > 0);
     if (segments.includes('..')) throw badRequest('pattern: ".." is not allowed');
     const literal: string[] = [];
