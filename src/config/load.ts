@@ -382,7 +382,12 @@ function validate(c: Config, ctx: ValidationContext): void {
   const a = c.auth;
   if (ok('auth.enabled', 'auth.api_key') && a.enabled && a.apiKey === '') fail('auth.api_key', 'must be set when auth.enabled is true');
   if (a.apiKey !== '' && a.apiKey === a.adminApiKey) fail('auth.admin_api_key', 'must differ from auth.api_key (use admin_fallback_enabled to share one key)');
+  // Worker and user/admin identities never cross: one secret must not open both kinds of route.
+  const userKeys = [a.apiKey, a.adminApiKey].filter((k) => k !== '');
+  if (a.workerToken !== '' && userKeys.includes(a.workerToken)) fail('auth.worker_token', 'must differ from auth.api_key and auth.admin_api_key');
   for (const [id, token] of Object.entries(a.workerTokens)) {
+    if (token !== '' && userKeys.includes(token)) fail(`auth.worker_tokens.${id}`, 'must differ from auth.api_key and auth.admin_api_key');
+
     const key = `auth.worker_tokens.${id}`;
     if (!WORKER_ID_PATTERN.test(id)) fail(key, 'is not a valid worker id (letters, digits, ".", "_", "-"; at most 128)');
     if (token === '') fail(key, 'token must not be empty');

@@ -401,6 +401,8 @@ describe('validation reports every problem at once', () => {
     [{ STACYVM_PROVIDERS_MOCK_ENABLED: 'false', STACYVM_PROVIDERS_OCI_ENABLED: 'false', STACYVM_PROVIDERS_DOCKER_ENABLED: 'true' }, 'providers.default', /auto/],
     [{ STACYVM_AUTH_ENABLED: 'true' }, 'auth.api_key', /auth.enabled/],
     [{ STACYVM_AUTH_API_KEY: 'same', STACYVM_AUTH_ADMIN_API_KEY: 'same' }, 'auth.admin_api_key', /differ/],
+    [{ STACYVM_AUTH_API_KEY: 'k', STACYVM_AUTH_WORKER_TOKEN: 'k' }, 'auth.worker_token', /differ/],
+    [{ STACYVM_AUTH_ADMIN_API_KEY: 'k', STACYVM_AUTH_WORKER_TOKENS: 'w1=k' }, 'auth.worker_tokens.w1', /differ/],
     [{ STACYVM_AUTH_WORKER_SIGNING_KEYS: 'short' }, 'auth.worker_signing_keys', /32/],
     [{ STACYVM_AUTH_WORKER_TOKENS: 'bad id=t' }, 'auth.worker_tokens.bad id', /worker id/],
     [{ STACYVM_AUTH_WORKER_TOKENS: 'w1=' }, 'auth.worker_tokens.w1', /empty/],
