@@ -204,8 +204,8 @@ function walk(node: unknown, prefix: string, source: string, apply: Apply, probl
     const path = prefix === '' ? key : `${prefix}.${key}`;
     const def = KEY_BY_PATH.get(path);
     if (def !== undefined) {
-      // An empty YAML value (`key:`) leaves the key at its lower-precedence value.
-      if (value !== null) apply(def, value, source);
+      // An empty YAML value (`key:`), or an override left undefined, keeps the lower-precedence value.
+      if (value !== null && value !== undefined) apply(def, value, source);
     } else if (SECTION_PATHS.has(path)) {
       walk(value, path, source, apply, problems);
     } else {

@@ -262,7 +262,8 @@ function parseSize(def: KeyDef, raw: unknown): number {
 }
 
 function parseMap(def: KeyDef, raw: unknown): Record<string, string> {
-  const out: Record<string, string> = {};
+  // No prototype: an id such as "__proto__" must land as an entry (and fail id validation), not vanish.
+  const out: Record<string, string> = Object.create(null) as Record<string, string>;
   if (typeof raw === 'string') {
     for (const part of raw.split(',').map((s) => s.trim()).filter((s) => s.length > 0)) {
       const eq = part.indexOf('=');

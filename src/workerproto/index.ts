@@ -4,3 +4,4 @@ export * from './envelope.js';
 export * from './wire-errors.js';
 export * from './fence.js';
 export * from './tokens.js';
+export * from './gate.js';

@@ -16,8 +16,12 @@ const GO_DURATION = '^(0|((\\d+(\\.\\d*)?|\\.\\d+)(ns|us|µs|ms|s|m|h))+)$';
 const BASE64 = '^[A-Za-z0-9+/]*={0,2}$';
 
 const strict = { additionalProperties: false } as const;
-const NonEmpty = Type.String({ minLength: 1 });
-const StringMap = Type.Record(Type.String(), Type.String());
+// NUL cannot reach execve or a file name; refusing it here gives a clear 400 instead of an internal error.
+const NO_NUL = '^[^\\u0000]*$';
+const Text = Type.String({ pattern: NO_NUL });
+const NonEmpty = Type.String({ minLength: 1, pattern: NO_NUL });
+const StringMap = Type.Record(Type.String(), Text);
+const EnvMap = Type.Record(Type.String({ pattern: '^[^=\\u0000]+$' }), Text, strict);
 const FileMode = Type.Integer({ minimum: 0, maximum: 0o7777 });
 
 /** Fencing token carried in the envelope of lease-required methods. */
@@ -46,9 +50,9 @@ const ExecParams = Type.Object(
   {
     ...sandboxRef,
     command: NonEmpty,
-    args: Type.Array(Type.String()),
+    args: Type.Array(Text),
     mode: Type.Union([Type.Literal('shell'), Type.Literal('argv')]),
-    env: StringMap,
+    env: EnvMap,
     workdir: Type.Optional(NonEmpty),
     /** Go duration; the control plane has already applied the default and the cap. */
     timeout: Type.String({ pattern: GO_DURATION }),
@@ -106,7 +110,7 @@ export const METHODS = {
         memory_mb: Type.Integer({ minimum: 1 }),
         vcpus: Type.Number({ exclusiveMinimum: 0 }),
         owner_id: Type.Union([Type.String(), Type.Null()]),
-        env: StringMap,
+        env: EnvMap,
         network_mode: Type.Optional(NonEmpty),
         labels: StringMap,
       },

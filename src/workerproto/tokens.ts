@@ -11,6 +11,7 @@
 import { createHash, createHmac, timingSafeEqual } from 'node:crypto';
 import type { Clock } from '../core/clock.js';
 import { StacyError } from '../core/errors.js';
+import { newId } from '../core/ids.js';
 import { WORKER_ID_PATTERN, WORKER_SCOPES, isWorkerScope, type WorkerClaims, type WorkerScope } from './claims.js';
 
 export const SIGNED_TOKEN_PREFIX = 'stacyvm-worker-v1';
@@ -83,6 +84,50 @@ export function issueWorkerToken(claims: SignedTokenClaims, key: string): string
   body.exp = checked.exp;
   const signingInput = `${SIGNED_TOKEN_PREFIX}.${Buffer.from(JSON.stringify(body)).toString('base64url')}`;
   return `${signingInput}.${mac(key, signingInput).toString('base64url')}`;
+}
+
+export interface MintOptions {
+  workerId: string;
+  audience: WorkerAudience;
+  /** Defaults to every scope. */
+  scopes?: readonly WorkerScope[];
+  /** Lifetime in milliseconds, rounded down to whole seconds; defaults to and is capped at 15 minutes. */
+  ttlMs?: number;
+  /** Epoch milliseconds of issue. */
+  now: number;
+}
+
+/** Issues a fresh token (new jti, iat = now) signed with the first key of a rotation list. */
+export function mintWorkerToken(keys: readonly string[], options: MintOptions): { token: string; claims: SignedTokenClaims } {
+  const signingKey = keys[0];
+  if (signingKey === undefined) throw new StacyError('bad_request', 'no signing key configured (auth.worker_signing_keys)');
+  const iat = Math.floor(options.now / 1000);
+  const lifetime = Math.floor((options.ttlMs ?? MAX_TOKEN_LIFETIME_SECONDS * 1000) / 1000);
+  const claims: SignedTokenClaims = {
+    worker_id: options.workerId,
+    jti: newId('wt'),
+    aud: options.audience,
+    scopes: [...(options.scopes ?? WORKER_SCOPES)],
+    iat,
+    exp: iat + lifetime,
+  };
+  return { token: issueWorkerToken(claims, signingKey), claims };
+}
+
+/** Decodes a signed token's claims WITHOUT verifying anything, for display; bad_request if undecodable. */
+export function inspectWorkerToken(token: string): Record<string, unknown> {
+  const parts = token.split('.');
+  if (parts.length !== 3 || parts[0] !== SIGNED_TOKEN_PREFIX || !B64URL.test(parts[1] as string)) {
+    throw new StacyError('bad_request', `not a ${SIGNED_TOKEN_PREFIX} token`);
+  }
+  let decoded: unknown;
+  try {
+    decoded = JSON.parse(Buffer.from(parts[1] as string, 'base64url').toString('utf8'));
+  } catch {
+    throw new StacyError('bad_request', 'token claims are not JSON');
+  }
+  if (decoded === null || typeof decoded !== 'object' || Array.isArray(decoded)) throw new StacyError('bad_request', 'token claims are not a JSON object');
+  return decoded as Record<string, unknown>;
 }
 
 /** Whether a presented token has the signed-token shape (as opposed to a static token). */

@@ -132,6 +132,10 @@ describe('precedence: defaults < file < env < overrides', () => {
     expect(loadConfig({ file: f, env: {} }).server.port).toBe(7423);
   });
 
+  it('an override left undefined keeps the lower-precedence value', () => {
+    expect(loadConfig({ file, env: {}, overrides: { server: { port: undefined } } }).server.port).toBe(8000);
+  });
+
   it('an empty file is the defaults', () => {
     expect(loadConfig({ file: yamlFile(''), env: {} })).toEqual(defaultConfig());
   });
@@ -422,6 +426,12 @@ describe('validation reports every problem at once', () => {
     expect(problems).toHaveLength(1);
     expect(problems[0]?.key).toBe(expectedKey);
     expect(problems[0]?.message).toMatch(pattern);
+  });
+
+  it('a worker id that would be a prototype key is reported, not dropped', () => {
+    const f = yamlFile('auth:\n  worker_tokens:\n    __proto__: t\n');
+    expect(problemsOf(() => loadConfig({ file: f, env: {} })).map((p) => p.key)).toEqual(['auth.worker_tokens.__proto__']);
+    expect(problemsOf(() => loadConfig({ env: { STACYVM_AUTH_WORKER_TOKENS: '__proto__=t' } })).map((p) => p.key)).toEqual(['auth.worker_tokens.__proto__']);
   });
 
   it('postgres with a dsn is valid', () => {

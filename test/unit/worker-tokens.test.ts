@@ -7,7 +7,9 @@ import {
   MAX_TOKEN_LIFETIME_SECONDS,
   WORKER_SCOPES,
   WorkerAuthenticator,
+  inspectWorkerToken,
   issueWorkerToken,
+  mintWorkerToken,
   verifyWorkerToken,
   type SignedTokenClaims,
   type VerifyOptions,
@@ -159,6 +161,30 @@ describe('signed worker tokens', () => {
       expect(codeOf(() => verifyWorkerToken(token, opts()))).toBe('unauthorized');
     },
   );
+});
+
+describe('mintWorkerToken and inspectWorkerToken', () => {
+  it('mints with the first key, a fresh jti, every scope and a capped lifetime by default', () => {
+    const a = mintWorkerToken([KEY, OLD_KEY], { workerId: 'w1', audience: 'worker:rpc', now: clock.now() });
+    const b = mintWorkerToken([KEY, OLD_KEY], { workerId: 'w1', audience: 'worker:rpc', now: clock.now() });
+    expect(a.claims.jti).not.toBe(b.claims.jti);
+    expect(a.claims.exp - a.claims.iat).toBe(MAX_TOKEN_LIFETIME_SECONDS);
+    expect([...a.claims.scopes].sort()).toEqual([...WORKER_SCOPES].sort());
+    expect(verifyWorkerToken(a.token, opts({ keys: [KEY] }))).toEqual(a.claims);
+    expect(codeOf(() => verifyWorkerToken(a.token, opts({ keys: [OLD_KEY] })))).toBe('unauthorized');
+  });
+
+  it('refuses a lifetime over the cap and an empty key list', () => {
+    expect(codeOf(() => mintWorkerToken([KEY], { workerId: 'w1', audience: 'worker:rpc', now: clock.now(), ttlMs: 16 * 60_000 }))).toBe('bad_request');
+    expect(codeOf(() => mintWorkerToken([], { workerId: 'w1', audience: 'worker:rpc', now: clock.now() }))).toBe('bad_request');
+  });
+
+  it('inspect decodes claims without verifying', () => {
+    const t = issueWorkerToken(claims({ iat: nowS - 900, exp: nowS - 300 }), 'x'.repeat(32));
+    expect(inspectWorkerToken(t)).toMatchObject({ worker_id: 'w1', jti: 'jti-1' });
+    expect(codeOf(() => inspectWorkerToken('static-token'))).toBe('bad_request');
+    expect(codeOf(() => inspectWorkerToken(`stacyvm-worker-v1.${Buffer.from('[1]').toString('base64url')}.x`))).toBe('bad_request');
+  });
 });
 
 describe('WorkerAuthenticator', () => {
