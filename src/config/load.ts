@@ -158,7 +158,7 @@ function redactDsn(dsn: string): string {
       if (url.password !== '') url.password = REDACTED;
       // Query parameters may carry a password too (libpq accepts ?password=).
       if (url.searchParams.has('password')) url.searchParams.set('password', REDACTED);
-      return decodeURIComponent(url.toString());
+      return url.toString().replaceAll(encodeURIComponent(REDACTED), REDACTED);
     } catch {
       return REDACTED;
     }

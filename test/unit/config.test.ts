@@ -2,7 +2,8 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { ConfigError, defaultConfig, loadConfig, redactConfig, type ConfigProblem } from '../../src/config/load.js';
+import { ConfigError, WORKER_ID_PATTERN, defaultConfig, loadConfig, redactConfig, type ConfigProblem } from '../../src/config/load.js';
+import { WORKER_ID_PATTERN as PROTO_WORKER_ID_PATTERN } from '../../src/workerproto/claims.js';
 import { CONFIG_KEYS, KEY_BY_ENV, coerce, defaultText, envNameOf, type KeyDef } from '../../src/config/schema.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'stacyvm-config-'));
@@ -434,6 +435,11 @@ describe('validation reports every problem at once', () => {
     expect(problemsOf(() => loadConfig({ env: { STACYVM_AUTH_WORKER_TOKENS: '__proto__=t' } })).map((p) => p.key)).toEqual(['auth.worker_tokens.__proto__']);
   });
 
+  it('accepts exactly the worker ids the RPC layer accepts', () => {
+    // The layers may not import each other, so the rule is written twice; this keeps them equal.
+    expect(WORKER_ID_PATTERN.source).toBe(PROTO_WORKER_ID_PATTERN.source);
+  });
+
   it('postgres with a dsn is valid', () => {
     expect(loadConfig({ env: { STACYVM_DATABASE_DRIVER: 'postgres', STACYVM_DATABASE_DSN: 'postgres://u:p@127.0.0.1/db' } }).database.driver).toBe('postgres');
   });
@@ -522,6 +528,7 @@ describe('redactConfig', () => {
     ['host=127.0.0.1 user=u password=pg-secret dbname=db', 'host=127.0.0.1 user=u password=[redacted] dbname=db'],
     ["host=h password='a b' dbname=db", 'host=h password=[redacted] dbname=db'],
     ['postgresql://u@h/db?password=pg-secret', 'postgresql://u@h/db?password=[redacted]'],
+    ['postgres://us%40er:p%25ss@127.0.0.1/db', 'postgres://us%40er:[redacted]@127.0.0.1/db'],
     ['not a dsn pg-secret', '[redacted]'],
   ])('dsn %s', (dsn, expected) => {
     const cfg = loadConfig({ env: { STACYVM_DATABASE_DSN: dsn } });
