@@ -44,7 +44,7 @@ export class ConfigError extends Error {
 }
 
 export interface LoadConfigOptions {
-  /** YAML file; when absent, STACYVM_CONFIG from `env` names it; when neither, no file is read. */
+  /** YAML file; when absent or empty, STACYVM_CONFIG from `env` names it; when neither, no file is read. */
   file?: string;
   /** Environment to read STACYVM_* variables from; defaults to process.env. */
   env?: Readonly<Record<string, string | undefined>>;
@@ -89,7 +89,7 @@ export function loadConfig(options: LoadConfigOptions = {}): Config {
     settings.set(def.path, { value, source });
   };
 
-  const file = options.file ?? nonEmpty(env.STACYVM_CONFIG);
+  const file = nonEmpty(options.file) ?? nonEmpty(env.STACYVM_CONFIG);
   if (file !== undefined) {
     const source = `file ${file}`;
     const doc = readYaml(file, source, problems);
@@ -325,8 +325,10 @@ interface ValidationContext {
 
 /** Cross-field and format checks; a check is skipped when a key it reads already failed coercion. */
 function validate(c: Config, ctx: ValidationContext): void {
-  const fail = (key: string, message: string): void => {
-    ctx.problems.push({ key, source: ctx.sourceOf(key), message });
+  /** `related` keys took part in the check; their sources are listed too, so the operator sees every place to fix. */
+  const fail = (key: string, message: string, ...related: string[]): void => {
+    const sources = [...new Set([key, ...related].map(ctx.sourceOf))];
+    ctx.problems.push({ key, source: sources.join(' + '), message });
   };
   const ok = (...keys: string[]) => keys.every((k) => !ctx.invalid.has(k));
 
@@ -339,29 +341,29 @@ function validate(c: Config, ctx: ValidationContext): void {
   }
 
   const d = c.defaults;
-  if (ok('defaults.ttl', 'defaults.max_ttl') && d.ttlMs > d.maxTtlMs) fail('defaults.ttl', 'must not exceed defaults.max_ttl');
+  if (ok('defaults.ttl', 'defaults.max_ttl') && d.ttlMs > d.maxTtlMs) fail('defaults.ttl', 'must not exceed defaults.max_ttl', 'defaults.max_ttl');
   if (ok('defaults.default_exec_timeout', 'defaults.max_exec_timeout') && d.defaultExecTimeoutMs > d.maxExecTimeoutMs) {
-    fail('defaults.default_exec_timeout', 'must not exceed defaults.max_exec_timeout');
+    fail('defaults.default_exec_timeout', 'must not exceed defaults.max_exec_timeout', 'defaults.max_exec_timeout');
   }
-  if (ok('defaults.memory_mb', 'defaults.max_memory_mb') && d.memoryMb > d.maxMemoryMb) fail('defaults.memory_mb', 'must not exceed defaults.max_memory_mb');
-  if (ok('defaults.vcpus', 'defaults.max_vcpus') && d.vcpus > d.maxVcpus) fail('defaults.vcpus', 'must not exceed defaults.max_vcpus');
+  if (ok('defaults.memory_mb', 'defaults.max_memory_mb') && d.memoryMb > d.maxMemoryMb) fail('defaults.memory_mb', 'must not exceed defaults.max_memory_mb', 'defaults.max_memory_mb');
+  if (ok('defaults.vcpus', 'defaults.max_vcpus') && d.vcpus > d.maxVcpus) fail('defaults.vcpus', 'must not exceed defaults.max_vcpus', 'defaults.max_vcpus');
   if (ok('defaults.max_sandboxes_per_owner', 'defaults.max_sandboxes') && d.maxSandboxesPerOwner > d.maxSandboxes) {
-    fail('defaults.max_sandboxes_per_owner', 'must not exceed defaults.max_sandboxes');
+    fail('defaults.max_sandboxes_per_owner', 'must not exceed defaults.max_sandboxes', 'defaults.max_sandboxes');
   }
   if (ok('defaults.image') && d.image.trim() === '') fail('defaults.image', 'must not be empty');
 
   const p = c.providers;
   const enabled = PROVIDER_NAMES.filter((name) => p[name].enabled);
   if (ok('providers.mock.enabled', 'providers.oci.enabled', 'providers.docker.enabled') && enabled.length === 0) {
-    fail('providers', 'at least one provider must be enabled');
+    fail('providers', 'at least one provider must be enabled', ...PROVIDER_NAMES.map((n) => `providers.${n}.enabled`));
   } else if (ok('providers.default') && p.default !== 'auto') {
     if (!(PROVIDER_NAMES as readonly string[]).includes(p.default)) {
       fail('providers.default', `unknown provider ${JSON.stringify(p.default)} (known: auto, ${PROVIDER_NAMES.join(', ')})`);
     } else if (!enabled.includes(p.default as (typeof PROVIDER_NAMES)[number])) {
-      fail('providers.default', `names provider ${JSON.stringify(p.default)}, which is not enabled (providers.${p.default}.enabled)`);
+      fail('providers.default', `names provider ${JSON.stringify(p.default)}, which is not enabled (providers.${p.default}.enabled)`, `providers.${p.default}.enabled`);
     }
   } else if (ok('providers.default') && !p.mock.enabled && !p.oci.enabled) {
-    fail('providers.default', '"auto" chooses between oci and mock, and neither is enabled');
+    fail('providers.default', '"auto" chooses between oci and mock, and neither is enabled', 'providers.oci.enabled', 'providers.mock.enabled');
   }
   if (p.mock.enabled && p.mock.root.trim() === '') fail('providers.mock.root', 'must not be empty');
   if (p.oci.enabled) {
@@ -380,8 +382,8 @@ function validate(c: Config, ctx: ValidationContext): void {
   }
 
   const a = c.auth;
-  if (ok('auth.enabled', 'auth.api_key') && a.enabled && a.apiKey === '') fail('auth.api_key', 'must be set when auth.enabled is true');
-  if (a.apiKey !== '' && a.apiKey === a.adminApiKey) fail('auth.admin_api_key', 'must differ from auth.api_key (use admin_fallback_enabled to share one key)');
+  if (ok('auth.enabled', 'auth.api_key') && a.enabled && a.apiKey === '') fail('auth.api_key', 'must be set when auth.enabled is true', 'auth.enabled');
+  if (a.apiKey !== '' && a.apiKey === a.adminApiKey) fail('auth.admin_api_key', 'must differ from auth.api_key (use admin_fallback_enabled to share one key)', 'auth.api_key');
   // Worker and user/admin identities never cross: one secret must not open both kinds of route.
   const userKeys = [a.apiKey, a.adminApiKey].filter((k) => k !== '');
   if (a.workerToken !== '' && userKeys.includes(a.workerToken)) fail('auth.worker_token', 'must differ from auth.api_key and auth.admin_api_key');
@@ -397,7 +399,7 @@ function validate(c: Config, ctx: ValidationContext): void {
   });
 
   if (ok('database.driver', 'database.dsn') && c.database.driver === 'postgres' && c.database.dsn.trim() === '') {
-    fail('database.dsn', 'must be set when database.driver is postgres');
+    fail('database.dsn', 'must be set when database.driver is postgres', 'database.driver');
   }
   if (ok('database.driver', 'database.path') && c.database.driver === 'sqlite' && c.database.path.trim() === '') {
     fail('database.path', 'must not be empty when database.driver is sqlite');
@@ -406,7 +408,7 @@ function validate(c: Config, ctx: ValidationContext): void {
   if (ok('worker.id') && !WORKER_ID_PATTERN.test(c.worker.id)) fail('worker.id', 'must be letters, digits, ".", "_", "-" (at most 128, starting with a letter or digit)');
   if (ok('worker.heartbeat_interval', 'workers.stale_after') && c.workers.staleAfterMs <= c.worker.heartbeatIntervalMs) {
     // Otherwise a healthy worker would read as stale between two heartbeats.
-    fail('workers.stale_after', 'must be longer than worker.heartbeat_interval');
+    fail('workers.stale_after', 'must be longer than worker.heartbeat_interval', 'worker.heartbeat_interval');
   }
 }
 

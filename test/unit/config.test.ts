@@ -123,6 +123,11 @@ describe('precedence: defaults < file < env < overrides', () => {
     expect(loadConfig({ env: { STACYVM_CONFIG: file } }).server.port).toBe(8000);
   });
 
+  it('an empty file option falls back to STACYVM_CONFIG', () => {
+    expect(loadConfig({ file: '', env: { STACYVM_CONFIG: file } }).server.port).toBe(8000);
+    expect(loadConfig({ file: '', env: {} }).server.port).toBe(7423);
+  });
+
   it('the file option beats STACYVM_CONFIG', () => {
     const other = yamlFile('server:\n  port: 8100\n');
     expect(loadConfig({ file: other, env: { STACYVM_CONFIG: file } }).server.port).toBe(8100);
@@ -387,7 +392,9 @@ describe('validation reports every problem at once', () => {
     expect(byKey['server.port']?.source).toBe(`file ${f}`);
     expect(byKey['server.bodylimit']?.message).toContain('server.body_limit');
     expect(byKey['auth.enabled']?.source).toBe('env STACYVM_AUTH_ENABLED');
-    expect(byKey['database.dsn']?.source).toBe('default');
+    // A cross-field problem names the sources of every key involved.
+    expect(byKey['database.dsn']?.source).toBe(`default + file ${f}`);
+    expect(byKey['defaults.default_exec_timeout']?.source).toBe(`file ${f} + default`);
     expect(byKey['providers.default']?.message).toContain('not enabled');
     // One line per problem, each naming its key and source.
     const lines = (error as ConfigError).message.split('\n').slice(1);
