@@ -197,6 +197,51 @@ describe('environment variables', () => {
   });
 });
 
+describe('every key has an effect', () => {
+  /** A valid non-default env value per key, and the settings it needs to be valid (present in the baseline too). */
+  const special: Record<string, [string, Record<string, string>?]> = {
+    'providers.default': ['mock'],
+    'providers.oci.user': ['1:1'],
+    'providers.oci.bridge_subnet': ['10.0.0.0/8'],
+    'providers.oci.network_mode': ['bridge'],
+    'database.driver': ['postgres', { STACYVM_DATABASE_DSN: 'postgres://127.0.0.1/db' }],
+    'providers.docker.registry_auth.username': ['u', { STACYVM_PROVIDERS_DOCKER_REGISTRY_AUTH_USERNAME: 'u0', STACYVM_PROVIDERS_DOCKER_REGISTRY_AUTH_PASSWORD: 'p' }],
+    'providers.docker.registry_auth.password': ['p', { STACYVM_PROVIDERS_DOCKER_REGISTRY_AUTH_USERNAME: 'u', STACYVM_PROVIDERS_DOCKER_REGISTRY_AUTH_PASSWORD: 'p0' }],
+    'providers.docker.registry_auth.serveraddress': ['r.example', { STACYVM_PROVIDERS_DOCKER_REGISTRY_AUTH_USERNAME: 'u', STACYVM_PROVIDERS_DOCKER_REGISTRY_AUTH_PASSWORD: 'p' }],
+    'auth.enabled': ['true', { STACYVM_AUTH_API_KEY: 'k' }],
+    'auth.worker_signing_keys': ['s'.repeat(32)],
+    'auth.worker_tokens': ['w1=t'],
+    'server.cors_allowed_origins': ['https://a.example'],
+    'worker.id': ['w-7'],
+  };
+  const changed = (k: KeyDef): string => {
+    const d = typeof k.default === 'function' ? undefined : k.default;
+    switch (k.kind) {
+      case 'bool':
+        return String(!d);
+      case 'int':
+      case 'number':
+      case 'size':
+        return String((d as number) + 1);
+      case 'duration':
+        return `${(d as number) + 1000}ms`;
+      case 'enum':
+        return (k.values ?? []).find((v) => v !== d) as string;
+      case 'list':
+        return 'CAP_X';
+      default:
+        return '/elsewhere';
+    }
+  };
+
+  it.each(CONFIG_KEYS.map((k) => [k.path, k] as const))('%s', (_path, k) => {
+    const [value, companion = {}] = special[k.path] ?? [changed(k)];
+    const baseline = loadConfig({ env: companion });
+    const loaded = loadConfig({ env: { ...companion, [envNameOf(k.path)]: value } });
+    expect(loaded).not.toEqual(baseline);
+  });
+});
+
 describe('coercion', () => {
   it.each([
     ['true', true],
