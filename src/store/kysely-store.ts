@@ -95,6 +95,7 @@ export class KyselyStore implements Store {
   // --- sandboxes -------------------------------------------------------------------------
 
   async createSandbox(record: SandboxRecord): Promise<void> {
+    rejectNul(record);
     try {
       await this.db.insertInto('sandboxes').values(sandboxToRow(record)).execute();
     } catch (err) {
@@ -106,11 +107,13 @@ export class KyselyStore implements Store {
   }
 
   async getSandbox(id: string): Promise<SandboxRecord | undefined> {
+    rejectNul(id);
     const row = await this.db.selectFrom('sandboxes').selectAll().where('id', '=', id).executeTakeFirst();
     return row === undefined ? undefined : rowToSandbox(row);
   }
 
   async updateSandbox(id: string, patch: SandboxPatch): Promise<SandboxRecord> {
+    rejectNul(id, patch);
     const row = await this.db
       .updateTable('sandboxes')
       .set({
@@ -125,12 +128,14 @@ export class KyselyStore implements Store {
   }
 
   async listSandboxes(filter: SandboxFilter = {}): Promise<SandboxRecord[]> {
+    rejectNul(filter);
     if (filter.states?.length === 0) return [];
     const rows = await this.filteredSandboxes(filter).selectAll().orderBy('created_at').orderBy('id').execute();
     return rows.map(rowToSandbox);
   }
 
   async countSandboxes(filter: SandboxFilter = {}): Promise<number> {
+    rejectNul(filter);
     if (filter.states?.length === 0) return 0;
     const row = await this.filteredSandboxes(filter)
       .select((eb) => eb.fn.countAll<number | string>().as('n'))
@@ -139,6 +144,7 @@ export class KyselyStore implements Store {
   }
 
   async deleteSandboxes(ids: readonly string[]): Promise<number> {
+    rejectNul(ids);
     let removed = 0;
     for (let i = 0; i < ids.length; i += DELETE_CHUNK) {
       const result = await this.db
@@ -163,6 +169,7 @@ export class KyselyStore implements Store {
   // --- exec logs -------------------------------------------------------------------------
 
   async appendExecLog(log: Omit<ExecLogRecord, 'id'>): Promise<ExecLogRecord> {
+    rejectNul(log);
     try {
       const row = await this.db
         .insertInto('exec_logs')
@@ -187,6 +194,7 @@ export class KyselyStore implements Store {
 
   /** Newest first. */
   async listExecLogs(sandboxId: string, limit: number): Promise<ExecLogRecord[]> {
+    rejectNul(sandboxId);
     if (!Number.isInteger(limit) || limit < 0) throw badRequest(`exec log limit must be a non-negative integer, got ${limit}`);
     if (limit === 0) return [];
     const rows = await this.db
@@ -202,6 +210,7 @@ export class KyselyStore implements Store {
   // --- templates -------------------------------------------------------------------------
 
   async createTemplate(template: TemplateRecord): Promise<void> {
+    rejectNul(template);
     try {
       await this.db.insertInto('templates').values(templateToRow(template)).execute();
     } catch (err) {
@@ -213,6 +222,7 @@ export class KyselyStore implements Store {
   }
 
   async getTemplate(name: string): Promise<TemplateRecord | undefined> {
+    rejectNul(name);
     const row = await this.db.selectFrom('templates').selectAll().where('name', '=', name).executeTakeFirst();
     return row === undefined ? undefined : rowToTemplate(row);
   }
@@ -223,6 +233,7 @@ export class KyselyStore implements Store {
   }
 
   async updateTemplate(name: string, patch: TemplatePatch): Promise<TemplateRecord> {
+    rejectNul(name, patch);
     const row = await this.db
       .updateTable('templates')
       .set({ ...templatePatchToRow(patch), updated_at: patch.updatedAt ?? this.adapter.nowExpression() })
@@ -234,6 +245,7 @@ export class KyselyStore implements Store {
   }
 
   async deleteTemplate(name: string): Promise<void> {
+    rejectNul(name);
     const result = await this.db.deleteFrom('templates').where('name', '=', name).executeTakeFirst();
     if (Number(result.numDeletedRows) === 0) throw notFound('template', name);
   }
@@ -241,6 +253,7 @@ export class KyselyStore implements Store {
   // --- workers ---------------------------------------------------------------------------
 
   async saveWorker(worker: WorkerRecord): Promise<WorkerRecord> {
+    rejectNul(worker);
     const row = await this.db
       .insertInto('workers')
       .values(workerToRow(worker))
@@ -261,6 +274,7 @@ export class KyselyStore implements Store {
   }
 
   async getWorker(id: string): Promise<WorkerRecord | undefined> {
+    rejectNul(id);
     const row = await this.db.selectFrom('workers').selectAll().where('id', '=', id).executeTakeFirst();
     return row === undefined ? undefined : rowToWorker(row);
   }
@@ -271,6 +285,7 @@ export class KyselyStore implements Store {
   }
 
   async deleteWorker(id: string): Promise<void> {
+    rejectNul(id);
     const result = await this.db.deleteFrom('workers').where('id', '=', id).executeTakeFirst();
     if (Number(result.numDeletedRows) === 0) throw notFound('worker', id);
   }
@@ -280,6 +295,7 @@ export class KyselyStore implements Store {
   // one-row derived table `n`, so "now" is the same value everywhere in the statement.
 
   async acquireLease(input: AcquireLeaseInput): Promise<LeaseRecord> {
+    rejectNul(input);
     checkTtl(input.ttlMs);
     // The conflict branch only fires for the same holder or an expired lease; otherwise no row
     // comes back. On PostgreSQL a concurrent acquire waits for the row lock and re-checks the
@@ -306,6 +322,7 @@ export class KyselyStore implements Store {
   }
 
   async renewLease(resourceId: string, holderId: string, ttlMs: number): Promise<LeaseRecord> {
+    rejectNul(resourceId, holderId);
     checkTtl(ttlMs);
     const result = await sql<LeasesTable>`
       UPDATE leases SET
@@ -329,6 +346,7 @@ export class KyselyStore implements Store {
    * whoever held it: nobody holds an expired lease.
    */
   async releaseLease(resourceId: string, holderId: string): Promise<void> {
+    rejectNul(resourceId, holderId);
     const released = await sql<{ resource_id: string }>`
       UPDATE leases SET expires_at = n.now, updated_at = n.now
       FROM (SELECT ${this.adapter.nowExpression()} AS now) AS n
@@ -346,11 +364,13 @@ export class KyselyStore implements Store {
   }
 
   async getLease(resourceId: string): Promise<LeaseRecord | undefined> {
+    rejectNul(resourceId);
     const row = await this.db.selectFrom('leases').selectAll().where('resource_id', '=', resourceId).executeTakeFirst();
     return row === undefined ? undefined : rowToLease(row);
   }
 
   async listLeases(filter: { holderId?: string } = {}): Promise<LeaseRecord[]> {
+    rejectNul(filter);
     let query = this.db.selectFrom('leases').selectAll();
     if (filter.holderId !== undefined) query = query.where('holder_id', '=', filter.holderId);
     const rows = await query.orderBy('resource_id').execute();
@@ -360,6 +380,7 @@ export class KyselyStore implements Store {
   // --- quotas ----------------------------------------------------------------------------
 
   async getQuota(ownerId: string): Promise<QuotaRecord | undefined> {
+    rejectNul(ownerId);
     const row = await this.db.selectFrom('quotas').selectAll().where('owner_id', '=', ownerId).executeTakeFirst();
     return row === undefined ? undefined : rowToQuota(row);
   }
@@ -370,6 +391,7 @@ export class KyselyStore implements Store {
   }
 
   async putQuota(quota: QuotaRecord): Promise<QuotaRecord> {
+    rejectNul(quota);
     const row = await this.db
       .insertInto('quotas')
       .values(quotaToRow(quota))
@@ -388,9 +410,24 @@ export class KyselyStore implements Store {
   }
 
   async deleteQuota(ownerId: string): Promise<void> {
+    rejectNul(ownerId);
     const result = await this.db.deleteFrom('quotas').where('owner_id', '=', ownerId).executeTakeFirst();
     if (Number(result.numDeletedRows) === 0) throw notFound('quota', ownerId);
   }
+}
+
+/**
+ * PostgreSQL cannot store U+0000 in text or jsonb (nor take it as a parameter), SQLite can;
+ * refusing it up front on every dialect keeps the two stores answering alike.
+ */
+function rejectNul(...values: unknown[]): void {
+  const visit = (value: unknown): boolean => {
+    if (typeof value === 'string') return value.includes('\u0000');
+    if (Array.isArray(value)) return value.some(visit);
+    if (value !== null && typeof value === 'object') return Object.entries(value).some(([k, v]) => k.includes('\u0000') || visit(v));
+    return false;
+  };
+  if (values.some(visit)) throw badRequest('text must not contain NUL characters');
 }
 
 function checkTtl(ttlMs: number): void {

@@ -206,6 +206,36 @@ export function storeContract(factory: StoreContractFactory): void {
     });
   });
 
+  describe('text the databases disagree on', () => {
+    it('rejects NUL characters with bad_request in every kind of argument, storing nothing', async () => {
+      const store = await freshStore();
+      const nul = 'a\u0000b';
+      const attempts: Array<() => Promise<unknown>> = [
+        () => store.createSandbox(sandbox(nul)),
+        () => store.createSandbox(sandbox('sb-meta', { metadata: { k: nul } })),
+        () => store.createSandbox(sandbox('sb-meta-key', { metadata: { [nul]: 'v' } })),
+        () => store.getSandbox(nul),
+        () => store.listSandboxes({ ownerId: nul }),
+        () => store.deleteSandboxes(['ok', nul]),
+        () => store.createTemplate(template('t', { env: { A: nul } })),
+        () => store.saveWorker(worker('w', { capabilities: [nul] })),
+        () => store.acquireLease({ resourceId: nul, resourceType: 'sandbox', holderId: 'h', ttlMs: 1000 }),
+        () => store.releaseLease('r', nul),
+        () => store.putQuota({ ownerId: nul, maxSandboxes: 1, maxMemoryMb: null, maxVcpus: null, maxTtlMs: null, updatedAt: 1 }),
+      ];
+      for (const attempt of attempts) await expect(attempt()).rejects.toMatchObject({ code: 'bad_request' });
+      await store.createSandbox(sandbox('sb-ok'));
+      await expect(store.updateSandbox('sb-ok', { stateReason: nul })).rejects.toMatchObject({ code: 'bad_request' });
+      await expect(store.appendExecLog(execLog('sb-ok', { args: [nul] }))).rejects.toMatchObject({ code: 'bad_request' });
+      expect((await store.listSandboxes()).map((s) => s.id)).toEqual(['sb-ok']);
+      expect(await store.listExecLogs('sb-ok', 10)).toEqual([]);
+      expect(await store.listTemplates()).toEqual([]);
+      expect(await store.listWorkers()).toEqual([]);
+      expect(await store.listLeases()).toEqual([]);
+      expect(await store.listQuotas()).toEqual([]);
+    });
+  });
+
   describe('exec logs', () => {
     it('appends with increasing ids and lists newest first up to the limit', async () => {
       const store = await freshStore();
@@ -501,6 +531,8 @@ function startRacerProcess(config: RacerProcessConfig): RacerProcess {
     stdio: ['pipe', 'pipe', 'pipe'],
   });
   const killer = setTimeout(() => child.kill('SIGKILL'), 60_000);
+  // Never keep the test worker alive; an orphaned racer exits when its stdin closes.
+  killer.unref();
   let stderr = '';
   child.stderr.setEncoding('utf8').on('data', (chunk: string) => {
     stderr += chunk;
