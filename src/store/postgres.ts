@@ -15,6 +15,8 @@ export interface PostgresStoreOptions {
   dsn: string;
   /** Connections in this store's pool. Default 10. */
   poolSize?: number;
+  /** How long to wait for a new connection. Default 10 s. */
+  connectTimeoutMs?: number;
 }
 
 const INT8_OID = 20;
@@ -33,7 +35,13 @@ const types = {
 
 /** Opens a PostgreSQL store (connections are made lazily); call `migrate()` next. */
 export function openPostgresStore(options: PostgresStoreOptions): Store {
-  const pool = new pg.Pool({ connectionString: options.dsn, max: options.poolSize ?? 10, types });
+  const pool = new pg.Pool({
+    connectionString: options.dsn,
+    max: options.poolSize ?? 10,
+    // Without a bound, a query waits forever for a server that does not answer.
+    connectionTimeoutMillis: options.connectTimeoutMs ?? 10_000,
+    types,
+  });
   // An idle client losing its connection (server restart) must not crash the process; the
   // pool discards it and the next query reconnects.
   pool.on('error', () => {});
