@@ -1,5 +1,5 @@
 import { existsSync } from 'node:fs';
-import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -169,6 +169,16 @@ describe('mock provider specifics', () => {
     expect(listed).toMatchObject({ runtimeId: rt, status: 'running', sandboxId: 'sb-0123abcd', workerId: 'local', ownerId: 'owner-1' });
     expect(await again.status(rt)).toBe('running');
     expect((await collectExec(again.execStream(rt, shell('cat persist.txt')))).stdout).toBe('kept');
+  });
+
+  it('never shows a half-made runtime and sweeps stale spawn leftovers', async () => {
+    const stale = join(root, '.spawning-mock-00000000deadbeef');
+    await mkdir(join(stale, 'fs'), { recursive: true });
+    const old = new Date(Date.now() - 60 * 60_000);
+    await utimes(stale, old, old);
+    const ids = (await provider.inventory()).map((r) => r.runtimeId);
+    expect(ids.every((id) => /^mock-[0-9a-f]{16}$/.test(id))).toBe(true);
+    expect(existsSync(stale)).toBe(false);
   });
 
   it('destroy kills commands still running in the sandbox', async () => {

@@ -12,7 +12,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { constants as fsConstants } from 'node:fs';
-import { access, appendFile, mkdir, open, readFile, readdir, realpath, rm, stat, writeFile } from 'node:fs/promises';
+import { access, appendFile, mkdir, open, readFile, readdir, realpath, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { constants as osConstants } from 'node:os';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
@@ -35,6 +35,8 @@ import { Jail } from './jail.js';
 
 const RUNTIME_ID = /^mock-[0-9a-f]{16}$/;
 const KILL_WAIT_MS = 5_000;
+const STAGING_PREFIX = '.spawning-';
+const STAGING_MAX_AGE_MS = 10 * 60_000;
 
 /** The last `maxBytes` of a file as text (the first line may be partial). */
 async function readTail(file: string, maxBytes: number): Promise<string> {
@@ -156,9 +158,12 @@ export class MockProvider implements Provider {
   async spawn(spec: SpawnSpec): Promise<SpawnResult> {
     const runtimeId = `mock-${randomBytes(8).toString('hex')}`;
     const dir = this.runtimeDir(runtimeId);
+    // Built under a hidden name and renamed into place, so a crash mid-spawn never leaves a
+    // half-made runtime that inventory or status could see; leftovers are swept later.
+    const staging = join(this.root, `${STAGING_PREFIX}${runtimeId}`);
     try {
-      await mkdir(join(dir, 'fs', 'workspace'), { recursive: true, mode: 0o755 });
-      await mkdir(join(dir, 'fs', 'tmp'), { recursive: true, mode: 0o755 });
+      await mkdir(join(staging, 'fs', 'workspace'), { recursive: true, mode: 0o755 });
+      await mkdir(join(staging, 'fs', 'tmp'), { recursive: true, mode: 0o755 });
       const meta: RuntimeMeta = {
         runtimeId,
         sandboxId: spec.sandboxId,
@@ -169,14 +174,27 @@ export class MockProvider implements Provider {
         labels: spec.labels,
         createdAt: this.now(),
       };
-      // meta.json last: a runtime without it is half-made and invisible to inventory.
-      await writeFile(join(dir, 'meta.json'), JSON.stringify(meta), { mode: 0o600 });
+      await writeFile(join(staging, 'meta.json'), JSON.stringify(meta), { mode: 0o600 });
+      const line = `${new Date(this.now()).toISOString()} spawned sandbox=${spec.sandboxId} image=${spec.image} isolation=none\n`;
+      await writeFile(join(staging, 'console.log'), line);
+      await rename(staging, dir);
     } catch (err) {
-      await rm(dir, { recursive: true, force: true }).catch(() => undefined);
+      await rm(staging, { recursive: true, force: true }).catch(() => undefined);
       throw providerError(`mock: cannot create sandbox directory under ${this.root}`, err);
     }
-    await this.log(dir, `spawned sandbox=${spec.sandboxId} image=${spec.image} isolation=none`);
     return { runtimeId };
+  }
+
+  /** Removes staging directories of spawns that died midway (older than STAGING_MAX_AGE_MS). */
+  private async sweepStaging(names: string[]): Promise<void> {
+    for (const name of names.filter((n) => n.startsWith(STAGING_PREFIX))) {
+      const path = join(this.root, name);
+      try {
+        if (Date.now() - (await stat(path)).mtimeMs > STAGING_MAX_AGE_MS) await rm(path, { recursive: true, force: true });
+      } catch {
+        // Gone already, or finished and renamed meanwhile.
+      }
+    }
   }
 
   async status(runtimeId: string): Promise<RuntimeStatus> {
@@ -354,6 +372,7 @@ export class MockProvider implements Provider {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
       throw providerError(`mock: cannot read ${this.root}`, err);
     }
+    await this.sweepStaging(names);
     const out: RuntimeInfo[] = [];
     for (const name of names.filter((n) => RUNTIME_ID.test(n)).sort()) {
       const rt = await this.load(name);
