@@ -252,6 +252,8 @@ export class MockProvider implements Provider {
     const group = this.running.get(runtimeId) ?? new Set<ChildProcess>();
     this.running.set(runtimeId, group);
     group.add(child);
+    // A destroy that began after the runtime check above did not see this child: kill it now.
+    if (this.destroying.has(runtimeId)) void killTree(child);
 
     let ended: 'timeout' | 'aborted' | undefined;
     const timer = setTimeout(() => {
@@ -274,6 +276,7 @@ export class MockProvider implements Provider {
         clearTimeout(timer);
         signal?.removeEventListener('abort', onAbort);
         group.delete(child);
+        if (group.size === 0 && this.running.get(runtimeId) === group) this.running.delete(runtimeId);
         if (ended === 'timeout') {
           void this.log(rt.dir, `exec timed out after ${request.timeoutMs}ms`);
           reject(timeoutError(`command exceeded its ${request.timeoutMs}ms timeout and was killed`));
