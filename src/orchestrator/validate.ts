@@ -86,7 +86,10 @@ export function resolveSpawn(input: {
   if (image.trim().length === 0 || image.length > 512) throw badRequest('image: must be a non-empty image reference');
   const memoryMb = checkInt(request.memoryMb ?? template?.memoryMb ?? d.memoryMb, 'memory_mb', 1, d.maxMemoryMb);
   const vcpus = checkInt(request.vcpus ?? template?.vcpus ?? d.vcpus, 'vcpus', 1, d.maxVcpus);
-  const ttlMs = checkTtl(request.ttlMs ?? template?.ttlMs ?? d.ttlMs, maxTtlFor(config, input.quota));
+  const maxTtl = maxTtlFor(config, input.quota);
+  // An explicit TTL above the maximum is an error; the server default quietly fits an owner's lower cap.
+  const explicitTtl = request.ttlMs ?? template?.ttlMs ?? undefined;
+  const ttlMs = explicitTtl !== undefined ? checkTtl(explicitTtl, maxTtl) : Math.min(d.ttlMs, maxTtl);
   for (const [k, v] of Object.entries({ ...(request.metadata ?? {}) })) {
     if (typeof v !== 'string') throw badRequest(`metadata.${k}: must be a string`);
   }
