@@ -129,6 +129,8 @@ class LifecycleManager implements Orchestrator {
   private reapTimer: NodeJS.Timeout | undefined;
   private tickRunning: Promise<void> | undefined;
   private readonly staleWorkers = new Set<string>();
+  /** Sandboxes put in `error` because their provider was down at start-up; retried by the background pass. */
+  private readonly awaitingProvider = new Set<string>();
   private stopped = false;
 
   constructor(o: OrchestratorOptions) {
@@ -151,6 +153,7 @@ class LifecycleManager implements Orchestrator {
   // ---------------------------------------------------------------- lifecycle of the service
 
   async start(): Promise<void> {
+    if (this.reapTimer !== undefined) return;
     this.stopped = false;
     await this.op('reconcile', () => this.reconcile());
     const interval = this.config.reconcile.reapIntervalMs;
@@ -178,6 +181,7 @@ class LifecycleManager implements Orchestrator {
         ['forget', () => this.forgetOld()],
         ['keep_leases', () => this.keepLeases()],
         ['watch_workers', () => this.watchWorkers()],
+        ['recover', () => this.recoverProviderErrors()],
       ] as const) {
         if (this.stopped) return;
         try {
@@ -533,6 +537,11 @@ class LifecycleManager implements Orchestrator {
 
   // ---------------------------------------------------------------- read
 
+  /**
+   * Active sandboxes (not destroyed or expired), oldest first. A caller with a user id who is
+   * not an admin sees only its own; admins and anonymous local callers (no auth, no user id)
+   * see all. Finished records stay readable through get() until the retention window ends.
+   */
   list(caller: Caller): Promise<SandboxRecord[]> {
     return this.op('list', async () => {
       const filter = caller.userId !== null && !caller.isAdmin ? { states: ACTIVE_SANDBOX_STATES, ownerId: caller.userId } : { states: ACTIVE_SANDBOX_STATES };
@@ -647,6 +656,21 @@ class LifecycleManager implements Orchestrator {
       }
     }
     for (const id of this.staleWorkers) if (!seen.has(id)) this.staleWorkers.delete(id);
+  }
+
+  /** Re-settles sandboxes whose provider was unavailable at start-up once it answers again. */
+  private async recoverProviderErrors(): Promise<void> {
+    for (const id of [...this.awaitingProvider]) {
+      const record = await this.store.getSandbox(id);
+      if (record === undefined || record.state !== 'error' || (record.workerId !== null && record.workerId !== this.workerId)) {
+        this.awaitingProvider.delete(id);
+        continue;
+      }
+      const provider = this.providers.get(record.provider);
+      if (provider === undefined || !(await this.healthOf(provider)).health.healthy) continue;
+      this.awaitingProvider.delete(id);
+      await this.reconcileRecord(record, new Map([[record.provider, true]]));
+    }
   }
 
   extend(id: string, ttlMs: number, caller: Caller): Promise<SandboxRecord> {
@@ -1200,6 +1224,7 @@ class LifecycleManager implements Orchestrator {
     const provider = this.providers.get(record.provider);
     if (provider === undefined || reachable.get(record.provider) !== true) {
       const why = provider === undefined ? `provider ${record.provider} is not configured` : `provider ${record.provider} is unavailable`;
+      if (provider !== undefined) this.awaitingProvider.add(record.id);
       if (record.state !== 'error' || record.stateReason !== why) {
         await this.store.updateSandbox(record.id, { state: 'error', stateReason: why, updatedAt: this.clock.now() });
         this.log.warn({ sandboxId: record.id, reason: why }, 'reconcile: sandbox marked error');

@@ -191,6 +191,25 @@ describe('lease enforcement', () => {
     expect(await footprint(h)).toEqual({ sandboxes: 0, leases: 0, runtimes: 0 });
   });
 
+  it('leaves no runtime without a record and no record without a runtime when a spawn fails midway', async () => {
+    h = await harness();
+    const { createOrchestrator } = await import('../../../src/orchestrator/index.js');
+    // The runtime gets created, then the store refuses to record it as running.
+    const failing = new Proxy(h.store, {
+      get(target, prop, receiver) {
+        if (prop === 'updateSandbox') return () => Promise.reject(new Error('disk full'));
+        return Reflect.get(target, prop, receiver) as unknown;
+      },
+    });
+    const o = createOrchestrator({ config: h.config, store: failing, providers: h.providers, clock: h.clock, version: 't' });
+    const seen: string[] = [];
+    o.subscribe((e) => seen.push(e.type));
+    await expect(o.spawn({}, anon)).rejects.toThrow(/disk full/);
+    expect(await footprint(h)).toMatchObject({ sandboxes: 0, runtimes: 0 });
+    for (const lease of await h.store.listLeases()) expect(await leaseHolder(h.store, lease.resourceId)).toBeNull();
+    expect(seen).toEqual(['sandbox.error']);
+  });
+
   it('refuses destroy when another worker holds the lease and mutates nothing; a clean destroy releases it', async () => {
     h = await harness();
     const sb = await h.orch.spawn({}, anon);
@@ -245,6 +264,34 @@ describe('start-up reconciliation', () => {
     // With the provider back, the sandbox recovers.
     await h.restart();
     expect(await h.store.getSandbox(sb.id)).toMatchObject({ state: 'running', stateReason: null });
+  });
+
+  it('marks records of an unavailable provider error, then recovers them when it answers again', async () => {
+    h = await harness();
+    const sb = await h.orch.spawn({}, anon);
+    await h.orch.stop();
+    let down = true;
+    const flaky = new Proxy(h.mock, {
+      get(target, prop, receiver) {
+        if (prop === 'health' && down) return () => Promise.resolve({ healthy: false, latencyMs: 0, error: 'daemon down', details: {} });
+        const v = Reflect.get(target, prop, receiver) as unknown;
+        return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+      },
+    });
+    const { createOrchestrator } = await import('../../../src/orchestrator/index.js');
+    const config = { ...h.config, reconcile: { ...h.config.reconcile, reapIntervalMs: 20 } };
+    const o = createOrchestrator({ config, store: h.store, providers: [flaky], clock: h.clock, version: 't' });
+    await o.start();
+    try {
+      expect(await h.store.getSandbox(sb.id)).toMatchObject({ state: 'error', stateReason: 'provider mock is unavailable' });
+      expect(await h.mock.status(sb.runtimeId as string)).toBe('running');
+      expect((await o.readiness()).ready).toBe(false);
+      down = false;
+      h.clock.advance(60_000); // past the health cache
+      await vi.waitFor(async () => expect((await h.store.getSandbox(sb.id))?.state).toBe('running'), { timeout: 5000, interval: 20 });
+    } finally {
+      await o.stop();
+    }
   });
 
   it('finishes records interrupted while creating: runtime removed, record destroyed', async () => {
