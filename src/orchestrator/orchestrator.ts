@@ -17,12 +17,12 @@ import { normalizeSandboxPath } from '../core/paths.js';
 import type { LeaseRecord, QuotaRecord, SandboxRecord, SandboxState, TemplateRecord, WorkerRecord } from '../core/types.js';
 import { ACTIVE_SANDBOX_STATES, TERMINAL_SANDBOX_STATES } from '../core/types.js';
 import type { Config } from '../config/types.js';
+import { redactConfig, WORKER_ID_PATTERN } from '../config/load.js';
 import type { ExecEvent, ExecRequest, FileEntry, Provider, ProviderHealth } from '../providers/provider.js';
 import type { Store } from '../store/store.js';
 import { EventBus } from './events.js';
 import type { GaugeSnapshot } from './metrics.js';
 import { OperationMetrics } from './metrics.js';
-import { redactSecrets } from './redact.js';
 import { isStale, place } from './scheduler.js';
 import type { Placement } from './scheduler.js';
 import type {
@@ -66,8 +66,6 @@ export interface OrchestratorOptions {
   clock?: Clock;
   logger?: OrchestratorLogger;
   version: string;
-  /** Replaces the built-in secret redaction of the diagnostics config. */
-  redactConfig?: (config: Config) => Record<string, unknown>;
 }
 
 export type Orchestrator = SandboxService & {
@@ -119,7 +117,8 @@ class LifecycleManager implements Orchestrator {
   private readonly log: OrchestratorLogger;
   private readonly version: string;
   private readonly workerId: string;
-  private readonly redact: (config: Config) => Record<string, unknown>;
+  /** The configuration with secrets hidden, computed once: config is frozen. */
+  private readonly redacted: Config;
   private readonly events: EventBus;
   private readonly metricsRecorder = new OperationMetrics();
   private readonly admissionLock = new Mutex();
@@ -144,7 +143,7 @@ class LifecycleManager implements Orchestrator {
     this.log = o.logger ?? silentLogger;
     this.version = o.version;
     this.workerId = o.config.worker.id;
-    this.redact = o.redactConfig ?? ((c) => redactSecrets(c) as Record<string, unknown>);
+    this.redacted = redactConfig(o.config);
     this.events = new EventBus((err) => this.log.warn({ err }, 'event listener failed'));
     this.startedAt = this.clock.now();
     this.lastScheduler = { workerId: this.workerId, selectedWorkerId: null, eligibleWorkers: 0 };
@@ -972,14 +971,14 @@ class LifecycleManager implements Orchestrator {
       if (provider === undefined) throw notFound('provider', name);
       const { health } = await this.healthOf(provider);
       const sandboxCount = await this.store.countSandboxes({ states: ACTIVE_SANDBOX_STATES, provider: name });
-      const section = (this.config.providers as unknown as Record<string, unknown>)[name];
+      const section = (this.redacted.providers as unknown as Record<string, unknown>)[name];
       return {
         name,
         healthy: health.healthy,
         default: name === this.defaultProviderName,
         sandboxCount,
         health,
-        config: section !== null && typeof section === 'object' ? (redactSecrets(section) as Record<string, unknown>) : {},
+        config: section !== null && typeof section === 'object' ? { ...(section as Record<string, unknown>) } : {},
       };
     });
   }
@@ -1155,7 +1154,7 @@ class LifecycleManager implements Orchestrator {
         },
         providers: await this.summaries(),
         store: { dialect: this.store.dialect, healthy: storeHealthy },
-        config: this.redact(this.config),
+        config: this.redacted as unknown as Record<string, unknown>,
       };
     });
   }
@@ -1368,10 +1367,8 @@ class Capped {
   }
 }
 
-const WORKER_ID = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
-
 function checkWorkerId(id: string): void {
-  if (!WORKER_ID.test(id)) throw badRequest('worker id: 1-128 characters of letters, digits, ".", "_" or "-"');
+  if (!WORKER_ID_PATTERN.test(id)) throw badRequest('worker id: 1-128 characters of letters, digits, ".", "_" or "-"');
 }
 
 function templateRecord(input: TemplateInput, createdAt: number, updatedAt: number): TemplateRecord {
