@@ -760,12 +760,14 @@ class LifecycleManager implements Orchestrator {
     let finished = false;
     const startedAt = this.clock.now();
     try {
-      req = this.execRequest(call);
+      const request = this.execRequest(call);
       const { provider, runtimeId } = await this.operable(id, caller);
-      for await (const ev of provider.execStream(runtimeId, req, signal)) {
+      // From here on the command reaches the runtime, so every ending is logged.
+      req = request;
+      for await (const ev of provider.execStream(runtimeId, request, signal)) {
         if (ev.type === 'exit') {
           finished = true;
-          await this.recordExec(id, req, startedAt, 'ok', ev.exitCode, ev.durationMs);
+          await this.recordExec(id, request, startedAt, 'ok', ev.exitCode, ev.durationMs);
         }
         yield ev;
       }

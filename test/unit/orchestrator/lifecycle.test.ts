@@ -84,14 +84,17 @@ describe('sandbox lifecycle', () => {
   });
 
   it('applies exec timeouts: omitted uses the default, above the maximum is refused, expiry is a typed timeout', async () => {
-    h = await harness({ config: { defaults: { maxExecTimeoutMs: 60_000 } } });
+    h = await harness({ config: { defaults: { maxExecTimeoutMs: 60_000, defaultExecTimeoutMs: 300 } } });
     const sb = await h.orch.spawn({}, anon);
     expect((await rejection(h.orch.exec(sb.id, exec('true', [], { timeoutMs: 60_001 }), anon))).code).toBe('bad_request');
+    expect((await rejection(h.orch.exec(sb.id, exec('true', [], { timeoutMs: 0 }), anon))).code).toBe('bad_request');
     expect((await h.orch.exec(sb.id, exec('true'), anon)).exitCode).toBe(0);
-    const err = await rejection(h.orch.exec(sb.id, exec('sleep', ['30'], { timeoutMs: 300 }), anon));
+    // No timeout given: the configured default (300ms) applies.
+    const err = await rejection(h.orch.exec(sb.id, exec('sleep', ['30']), anon));
     expect(err.code).toBe('timeout');
+    expect((await h.orch.exec(sb.id, exec('sleep', ['0.5'], { timeoutMs: 10_000 }), anon)).exitCode).toBe(0);
     const logs = await h.store.listExecLogs(sb.id, 10);
-    expect(logs.map((l) => l.outcome).sort()).toEqual(['ok', 'timeout']);
+    expect(logs.map((l) => l.outcome).sort()).toEqual(['ok', 'ok', 'timeout']);
     expect(h.events.some((e) => e.type === 'exec.timeout' && e.sandboxId === sb.id)).toBe(true);
   });
 
@@ -107,6 +110,15 @@ describe('sandbox lifecycle', () => {
     expect(out).toBe('a\n');
     const it = h.orch.execStream('sb-00000000', exec('true'), anon)[Symbol.asyncIterator]();
     expect((await rejection(it.next())).code).toBe('not_found');
+
+    // A consumer that walks away kills the command and the exec log says so.
+    for await (const ev of h.orch.execStream(sb.id, exec('echo first; sleep 30', [], { mode: 'shell' }), anon)) {
+      expect(ev.type).toBe('stdout');
+      break;
+    }
+    const logs = await h.store.listExecLogs(sb.id, 10);
+    expect(logs.map((l) => l.outcome).sort()).toEqual(['error', 'ok']);
+    expect(h.events.filter((e) => e.type === 'exec.failed')).toHaveLength(1);
   });
 
   it('extends from now, capped by the maximum TTL', async () => {
