@@ -108,6 +108,25 @@ class Mutex {
   }
 }
 
+/** One Mutex per key, dropped when idle, so work on one sandbox never waits for another. */
+class KeyedLock {
+  private readonly locks = new Map<string, { mutex: Mutex; users: number }>();
+  async run<T>(key: string, fn: () => Promise<T>): Promise<T> {
+    let entry = this.locks.get(key);
+    if (entry === undefined) {
+      entry = { mutex: new Mutex(), users: 0 };
+      this.locks.set(key, entry);
+    }
+    entry.users += 1;
+    try {
+      return await entry.mutex.run(fn);
+    } finally {
+      entry.users -= 1;
+      if (entry.users === 0) this.locks.delete(key);
+    }
+  }
+}
+
 class LifecycleManager implements Orchestrator {
   private readonly config: Config;
   private readonly store: Store;
@@ -122,6 +141,8 @@ class LifecycleManager implements Orchestrator {
   private readonly events: EventBus;
   private readonly metricsRecorder = new OperationMetrics();
   private readonly admissionLock = new Mutex();
+  /** Serialises creation and teardown of one sandbox within this process. */
+  private readonly sandboxLock = new KeyedLock();
   private readonly health = new Map<string, HealthEntry>();
   private readonly startedAt: number;
   private lastScheduler: SchedulerStatus;
@@ -407,7 +428,7 @@ class LifecycleManager implements Orchestrator {
     return this.op('spawn', async () => {
       const { spec, quota } = await this.resolve(request, caller);
       const record = await this.reserve(spec, quota);
-      return this.materialise(record, spec);
+      return this.sandboxLock.run(record.id, () => this.materialise(record, spec));
     });
   }
 
@@ -567,7 +588,18 @@ class LifecycleManager implements Orchestrator {
    * changes; when another worker holds it this throws lease_conflict having changed nothing.
    * Terminal records are left alone (idempotent destroy).
    */
-  private async teardown(record: SandboxRecord, final: 'destroyed' | 'expired', reason: string): Promise<SandboxRecord> {
+  private teardown(stale: SandboxRecord, final: 'destroyed' | 'expired', reason: string): Promise<SandboxRecord> {
+    return this.sandboxLock.run(stale.id, async () => {
+      // Re-read under the lock: a spawn or another teardown may have finished meanwhile.
+      const record = await this.store.getSandbox(stale.id);
+      if (record === undefined) throw notFound('sandbox', stale.id);
+      // An extend that landed meanwhile wins over the reaper.
+      if (final === 'expired' && record.expiresAt > this.clock.now()) return record;
+      return this.teardownLocked(record, final, reason);
+    });
+  }
+
+  private async teardownLocked(record: SandboxRecord, final: 'destroyed' | 'expired', reason: string): Promise<SandboxRecord> {
     if (TERMINAL_SANDBOX_STATES.includes(record.state)) return record;
     if (record.workerId !== null && record.workerId !== this.workerId) {
       const lease = await this.store.getLease(record.id);
@@ -605,8 +637,7 @@ class LifecycleManager implements Orchestrator {
       for (const record of expired) {
         if (record.workerId !== null && record.workerId !== this.workerId) continue;
         try {
-          await this.teardown(record, 'expired', 'ttl expired');
-          n += 1;
+          if ((await this.teardown(record, 'expired', 'ttl expired')).state === 'expired') n += 1;
         } catch (err) {
           this.log.warn({ err, sandboxId: record.id }, 'could not expire sandbox');
         }

@@ -69,6 +69,21 @@ describe('sandbox lifecycle', () => {
     expect(h.events.find((e) => e.type === 'sandbox.spawned')?.sandboxId).toBe(sb.id);
   });
 
+  it('a destroy racing a spawn leaves the sandbox destroyed and no runtime behind', async () => {
+    h = await harness();
+    const spawning = h.orch.spawn({}, anon);
+    let id: string | undefined;
+    await vi.waitFor(async () => {
+      id = (await h.store.listSandboxes())[0]?.id;
+      expect(id).toBeDefined();
+    }, { timeout: 5000, interval: 1 });
+    const destroying = h.orch.destroy(id as string, anon);
+    const [spawned] = await Promise.all([spawning, destroying]);
+    expect(spawned.id).toBe(id);
+    expect((await h.store.getSandbox(id as string))?.state).toBe('destroyed');
+    expect(await h.mock.inventory()).toEqual([]);
+  });
+
   it('rejects bad requests before anything is created', async () => {
     h = await harness({ config: { defaults: { maxTtlMs: 3_600_000, maxMemoryMb: 1024, maxVcpus: 2 } } });
     const ttl = await rejection(h.orch.spawn({ ttlMs: 3_600_001 }, anon));
