@@ -43,7 +43,7 @@ import type {
   WorkerView,
 } from './service.js';
 import type { ResolvedSpawn } from './validate.js';
-import { checkOwnerId, checkTemplate, checkTemplateName, maxTtlFor, resolveOwner, resolveSpawn } from './validate.js';
+import { checkEnv, checkOwnerId, checkTemplate, checkTemplateName, maxTtlFor, resolveOwner, resolveSpawn } from './validate.js';
 
 /** The subset of a pino logger the orchestrator uses. */
 export interface OrchestratorLogger {
@@ -734,7 +734,7 @@ class LifecycleManager implements Orchestrator {
   private execRequest(call: ExecCall): ExecRequest {
     if (call.command.length === 0) throw badRequest('command: required');
     if (call.command.includes('\0') || call.args.some((a) => a.includes('\0'))) throw badRequest('command: must not contain NUL bytes');
-    const req: ExecRequest = { command: call.command, args: call.args, mode: call.mode, env: call.env, timeoutMs: this.execTimeout(call.timeoutMs) };
+    const req: ExecRequest = { command: call.command, args: call.args, mode: call.mode, env: checkEnv(call.env), timeoutMs: this.execTimeout(call.timeoutMs) };
     if (call.workdir !== undefined) req.workdir = normalizeSandboxPath(call.workdir, 'workdir');
     return req;
   }

@@ -27,6 +27,30 @@ export function checkOwnerId(ownerId: string, field = 'owner_id'): string {
   return ownerId;
 }
 
+const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
+
+/** Environment variables must be representable in a process environment: no '=' or NUL in names, no NUL in values. */
+export function checkEnv(env: Record<string, string>, field = 'env'): Record<string, string> {
+  for (const [k, v] of Object.entries(env)) {
+    if (!ENV_NAME.test(k)) throw badRequest(`${field}: invalid variable name ${JSON.stringify(k)}`);
+    if (typeof v !== 'string' || v.includes('\0')) throw badRequest(`${field}.${k}: must be a string without NUL bytes`);
+  }
+  return env;
+}
+
+const MAX_METADATA_ENTRIES = 64;
+
+/** Metadata is free-form but bounded, so one record cannot grow without limit. */
+export function checkMetadata(metadata: Record<string, string>): Record<string, string> {
+  const entries = Object.entries(metadata);
+  if (entries.length > MAX_METADATA_ENTRIES) throw badRequest(`metadata: at most ${MAX_METADATA_ENTRIES} entries`);
+  for (const [k, v] of entries) {
+    if (k.length === 0 || k.length > 128) throw badRequest('metadata: keys must be 1-128 characters');
+    if (typeof v !== 'string' || v.length > 4096) throw badRequest(`metadata.${k}: must be a string of at most 4096 characters`);
+  }
+  return metadata;
+}
+
 const TEMPLATE_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 
 /** Template names are used in URL paths, so they stay within a safe alphabet. */
@@ -90,9 +114,6 @@ export function resolveSpawn(input: {
   // An explicit TTL above the maximum is an error; the server default quietly fits an owner's lower cap.
   const explicitTtl = request.ttlMs ?? template?.ttlMs ?? undefined;
   const ttlMs = explicitTtl !== undefined ? checkTtl(explicitTtl, maxTtl) : Math.min(d.ttlMs, maxTtl);
-  for (const [k, v] of Object.entries({ ...(request.metadata ?? {}) })) {
-    if (typeof v !== 'string') throw badRequest(`metadata.${k}: must be a string`);
-  }
   return {
     image,
     provider,
@@ -101,8 +122,8 @@ export function resolveSpawn(input: {
     vcpus,
     ttlMs,
     ownerId: input.ownerId,
-    metadata: { ...(template?.metadata ?? {}), ...(request.metadata ?? {}) },
-    env: { ...(template?.env ?? {}), ...(request.env ?? {}) },
+    metadata: checkMetadata({ ...(template?.metadata ?? {}), ...(request.metadata ?? {}) }),
+    env: checkEnv({ ...(template?.env ?? {}), ...(request.env ?? {}) }),
     networkMode: request.networkMode ?? template?.networkMode ?? undefined,
   };
 }
@@ -118,4 +139,6 @@ export function checkTemplate(input: TemplateInput, config: Config, providerName
   if (input.memoryMb !== undefined && input.memoryMb !== null) checkInt(input.memoryMb, 'memory_mb', 1, d.maxMemoryMb);
   if (input.vcpus !== undefined && input.vcpus !== null) checkInt(input.vcpus, 'vcpus', 1, d.maxVcpus);
   if (input.ttlMs !== undefined && input.ttlMs !== null) checkTtl(input.ttlMs, d.maxTtlMs);
+  checkEnv(input.env ?? {});
+  checkMetadata(input.metadata ?? {});
 }

@@ -1,6 +1,7 @@
 import { text } from 'node:stream/consumers';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { StacyError } from '../../../src/core/errors.js';
+import type { SpawnRequest } from '../../../src/orchestrator/service.js';
 import type { ExecEvent } from '../../../src/providers/provider.js';
 import { admin, anon, harness, leaseHolder, user } from './harness.js';
 import type { Harness } from './harness.js';
@@ -89,7 +90,7 @@ describe('sandbox lifecycle', () => {
     const ttl = await rejection(h.orch.spawn({ ttlMs: 3_600_001 }, anon));
     expect(ttl.code).toBe('bad_request');
     expect(ttl.message).toMatch(/maximum TTL/);
-    for (const req of [{ memoryMb: 2048 }, { memoryMb: 0 }, { vcpus: 3 }, { provider: 'nope' }, { template: 'missing' }, { ownerId: 'a b' }, { ownerId: 'x/y' }]) {
+    for (const req of <SpawnRequest[]>[{ memoryMb: 2048 }, { memoryMb: 0 }, { vcpus: 3 }, { provider: 'nope' }, { template: 'missing' }, { ownerId: 'a b' }, { ownerId: 'x/y' }, { env: { 'A=B': '1' } }, { env: { A: 'x\0y' } }]) {
       expect((await rejection(h.orch.spawn(req, anon))).code).toBe('bad_request');
     }
     expect((await rejection(h.orch.spawn({ ownerId: 'bob' }, user('alice')))).code).toBe('forbidden');
