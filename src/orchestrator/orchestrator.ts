@@ -66,6 +66,8 @@ export interface OrchestratorOptions {
   clock?: Clock;
   logger?: OrchestratorLogger;
   version: string;
+  /** Overrides how diagnostics show the configuration; defaults to the config module's redactConfig. */
+  redactConfig?: (config: Config) => Record<string, unknown>;
 }
 
 export type Orchestrator = SandboxService & {
@@ -138,6 +140,7 @@ class LifecycleManager implements Orchestrator {
   private readonly workerId: string;
   /** The configuration with secrets hidden, computed once: config is frozen. */
   private readonly redacted: Config;
+  private readonly diagnosticsConfig: Record<string, unknown>;
   private readonly events: EventBus;
   private readonly metricsRecorder = new OperationMetrics();
   private readonly admissionLock = new Mutex();
@@ -165,6 +168,7 @@ class LifecycleManager implements Orchestrator {
     this.version = o.version;
     this.workerId = o.config.worker.id;
     this.redacted = redactConfig(o.config);
+    this.diagnosticsConfig = o.redactConfig?.(o.config) ?? (this.redacted as unknown as Record<string, unknown>);
     this.events = new EventBus((err) => this.log.warn({ err }, 'event listener failed'));
     this.startedAt = this.clock.now();
     this.lastScheduler = { workerId: this.workerId, selectedWorkerId: null, eligibleWorkers: 0 };
@@ -1187,7 +1191,7 @@ class LifecycleManager implements Orchestrator {
         },
         providers: await this.summaries(),
         store: { dialect: this.store.dialect, healthy: storeHealthy },
-        config: this.redacted as unknown as Record<string, unknown>,
+        config: this.diagnosticsConfig,
       };
     });
   }
