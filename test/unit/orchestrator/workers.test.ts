@@ -294,6 +294,36 @@ describe('start-up reconciliation', () => {
     }
   });
 
+  it("leaves other workers' records alone", async () => {
+    h = await harness();
+    const now = h.clock.now();
+    const theirs: SandboxRecord = {
+      id: 'sb-0000f00d',
+      state: 'running',
+      provider: 'mock',
+      image: 'python:3',
+      memoryMb: 64,
+      vcpus: 1,
+      ownerId: null,
+      workerId: 'w2',
+      runtimeId: 'mock-00000000deadbeef',
+      template: null,
+      metadata: {},
+      createdAt: now,
+      updatedAt: now,
+      expiresAt: now - 1,
+      stateReason: null,
+    };
+    await h.store.createSandbox(theirs);
+    await h.orch.stop();
+    const o = await h.restart();
+    expect(await o.prune()).toBe(0);
+    expect(await h.store.getSandbox(theirs.id)).toEqual(theirs);
+    expect((await rejection(o.destroy(theirs.id, anon))).code).toBe('remote_worker_rpc_unavailable');
+    expect((await rejection(o.exec(theirs.id, { command: 'true', args: [], mode: 'argv', env: {} }, anon))).code).toBe('conflict');
+    expect(await h.store.getSandbox(theirs.id)).toEqual(theirs);
+  });
+
   it('finishes records interrupted while creating: runtime removed, record destroyed', async () => {
     h = await harness();
     const sb = await h.orch.spawn({}, anon);
