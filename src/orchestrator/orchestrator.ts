@@ -302,8 +302,8 @@ class LifecycleManager implements Orchestrator {
   }
 
   /** Active sandboxes per owning worker, for placement and the by-worker gauges. */
-  private async activeByWorker(active?: SandboxRecord[]): Promise<Map<string, number>> {
-    const rows = active ?? (await this.store.listSandboxes({ states: ACTIVE_SANDBOX_STATES }));
+  private async activeByWorker(): Promise<Map<string, number>> {
+    const rows = await this.store.listSandboxes({ states: ACTIVE_SANDBOX_STATES });
     const counts = new Map<string, number>();
     for (const r of rows) if (r.workerId !== null) counts.set(r.workerId, (counts.get(r.workerId) ?? 0) + 1);
     return counts;
@@ -323,8 +323,17 @@ class LifecycleManager implements Orchestrator {
     return result;
   }
 
+  /**
+   * How many active sandboxes one owner may have: the configured per-owner limit (0 = no limit)
+   * lowered by the owner's quota (null = no limit; 0 = none at all). Infinity when unlimited.
+   */
+  private ownerLimit(quota: QuotaRecord | undefined): number {
+    const configured = this.config.defaults.maxSandboxesPerOwner;
+    return Math.min(configured > 0 ? configured : Infinity, quota?.maxSandboxes ?? Infinity);
+  }
+
   /** Limits that apply to one spawn, evaluated against the store. Throws resource_limit. */
-  private async checkLimits(spec: ResolvedSpawn, quota: QuotaRecord | undefined): Promise<{ active: number; owner?: number; maxOwner?: number }> {
+  private async checkLimits(spec: ResolvedSpawn, quota: QuotaRecord | undefined): Promise<void> {
     const d = this.config.defaults;
     const active = await this.store.countSandboxes({ states: ACTIVE_SANDBOX_STATES });
     // Retry-After: the soonest a slot can free up on its own is the next reaper pass.
@@ -332,12 +341,10 @@ class LifecycleManager implements Orchestrator {
     if (d.maxSandboxes > 0 && active >= d.maxSandboxes) {
       throw resourceLimit(`server limit reached: ${active} of ${d.maxSandboxes} sandboxes active`, retryAfter);
     }
-    if (spec.ownerId === null) return { active };
-    const limits = [d.maxSandboxesPerOwner > 0 ? d.maxSandboxesPerOwner : Infinity, quota?.maxSandboxes ?? Infinity].filter((n) => n >= 0);
-    const maxOwner = Math.min(...limits);
+    if (spec.ownerId === null) return;
+    const maxOwner = this.ownerLimit(quota);
     const ownerRows = await this.store.listSandboxes({ states: ACTIVE_SANDBOX_STATES, ownerId: spec.ownerId });
     const owner = ownerRows.length;
-    const report = { active, owner, ...(Number.isFinite(maxOwner) ? { maxOwner } : {}) };
     if (owner >= maxOwner) {
       throw resourceLimit(`owner ${spec.ownerId} limit reached: ${owner} of ${maxOwner} sandboxes active`, retryAfter);
     }
@@ -353,7 +360,6 @@ class LifecycleManager implements Orchestrator {
         throw resourceLimit(`owner ${spec.ownerId} vCPU quota: ${used} in use + ${spec.vcpus} requested exceeds ${quota.maxVcpus}`, retryAfter);
       }
     }
-    return report;
   }
 
   private async resolve(request: SpawnRequest, caller: Caller): Promise<{ spec: ResolvedSpawn; quota: QuotaRecord | undefined }> {
@@ -401,7 +407,7 @@ class LifecycleManager implements Orchestrator {
       report.maxTtlMs = maxTtlFor(this.config, quota);
       if (spec.ownerId !== null) {
         report.activeOwnerSandboxes = await this.store.countSandboxes({ states: ACTIVE_SANDBOX_STATES, ownerId: spec.ownerId });
-        const maxOwner = Math.min(d.maxSandboxesPerOwner > 0 ? d.maxSandboxesPerOwner : Infinity, quota?.maxSandboxes ?? Infinity);
+        const maxOwner = this.ownerLimit(quota);
         if (Number.isFinite(maxOwner)) report.maxOwnerSandboxes = maxOwner;
       }
       try {
@@ -494,6 +500,10 @@ class LifecycleManager implements Orchestrator {
    * record cannot be deleted is it marked `error` so an operator can see it.
    */
   private async materialise(record: SandboxRecord, spec: ResolvedSpawn): Promise<SandboxRecord> {
+    // A destroy may have slipped in between the reservation and this lock: then there is
+    // nothing left to create, and the destroyed record stays as history.
+    const current = await this.store.getSandbox(record.id);
+    if (current?.state !== 'creating') throw conflict(`sandbox ${record.id} was destroyed before its runtime was created`);
     const provider = this.providers.get(spec.provider);
     let runtimeId: string | null = null;
     try {
