@@ -12,6 +12,7 @@ import {
   StacyError,
   unavailable,
 } from '../core/errors.js';
+import { formatDuration } from '../core/duration.js';
 import { newSandboxId, SANDBOX_ID_PATTERN } from '../core/ids.js';
 import { normalizeSandboxPath } from '../core/paths.js';
 import type { LeaseRecord, QuotaRecord, SandboxRecord, SandboxState, TemplateRecord, WorkerRecord } from '../core/types.js';
@@ -741,7 +742,7 @@ class LifecycleManager implements Orchestrator {
     const d = this.config.defaults;
     if (requested === undefined) return d.defaultExecTimeoutMs;
     if (!Number.isFinite(requested) || requested <= 0) throw badRequest('timeout: must be a positive duration');
-    if (requested > d.maxExecTimeoutMs) throw badRequest(`timeout: ${requested}ms exceeds the maximum exec timeout of ${d.maxExecTimeoutMs}ms`);
+    if (requested > d.maxExecTimeoutMs) throw badRequest(`timeout: ${formatDuration(requested)} exceeds the maximum exec timeout of ${formatDuration(d.maxExecTimeoutMs)}`);
     return requested;
   }
 
@@ -1103,7 +1104,7 @@ class LifecycleManager implements Orchestrator {
       if (!Number.isFinite(ttlMs) || ttlMs <= 0) throw badRequest('ttl: must be a positive duration');
       // A worker may hold a lease for at most a few heartbeats; longer would outlive its death by too much.
       const max = Math.max(this.leaseTtl(), this.config.workers.staleAfterMs);
-      if (ttlMs > max) throw badRequest(`ttl: ${ttlMs}ms exceeds the maximum lease TTL of ${max}ms`);
+      if (ttlMs > max) throw badRequest(`ttl: ${formatDuration(ttlMs)} exceeds the maximum lease TTL of ${formatDuration(max)}`);
       return this.store.renewLease(resourceId, workerId, ttlMs);
     });
   }
@@ -1129,7 +1130,7 @@ class LifecycleManager implements Orchestrator {
         if (v !== null && (!Number.isInteger(v) || v < 0)) throw badRequest(`${field}: must be a non-negative integer or null`);
       }
       if (quota.maxTtlMs !== null && quota.maxTtlMs > this.config.defaults.maxTtlMs) {
-        throw badRequest(`max_ttl: ${quota.maxTtlMs}ms exceeds the server maximum TTL of ${this.config.defaults.maxTtlMs}ms`);
+        throw badRequest(`max_ttl: ${formatDuration(quota.maxTtlMs)} exceeds the server maximum TTL of ${formatDuration(this.config.defaults.maxTtlMs)}`);
       }
       return this.store.putQuota({ ownerId, maxSandboxes: quota.maxSandboxes, maxMemoryMb: quota.maxMemoryMb, maxVcpus: quota.maxVcpus, maxTtlMs: quota.maxTtlMs, updatedAt: this.clock.now() });
     });

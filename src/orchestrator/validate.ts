@@ -1,3 +1,4 @@
+import { formatDuration } from '../core/duration.js';
 import { badRequest, StacyError } from '../core/errors.js';
 import type { QuotaRecord, TemplateRecord } from '../core/types.js';
 import type { Config } from '../config/types.js';
@@ -82,7 +83,7 @@ export function maxTtlFor(config: Config, quota: QuotaRecord | undefined): numbe
 
 export function checkTtl(ttlMs: number, maxTtlMs: number, field = 'ttl'): number {
   if (!Number.isFinite(ttlMs) || ttlMs <= 0) throw badRequest(`${field}: must be a positive duration`);
-  if (ttlMs > maxTtlMs) throw badRequest(`${field}: ${ttlMs}ms exceeds the maximum TTL of ${maxTtlMs}ms`);
+  if (ttlMs > maxTtlMs) throw badRequest(`${field}: ${formatDuration(ttlMs)} exceeds the maximum TTL of ${formatDuration(maxTtlMs)}`);
   return ttlMs;
 }
 

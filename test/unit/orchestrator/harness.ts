@@ -103,8 +103,11 @@ export async function harness(options: { config?: DeepPartial<Config>; providers
       for (const o of extra) await o.stop();
       await orch.stop();
       await worker.stop();
+      // Runtimes tests left behind (and any command still running in them) go first.
+      for (const rt of await mock.inventory()) await mock.destroy(rt.runtimeId);
       await store.close();
-      rmSync(root, { recursive: true, force: true });
+      // The mock may still append to a console log of a command it just killed.
+      rmSync(root, { recursive: true, force: true, maxRetries: 10, retryDelay: 50 });
     },
   };
 }
