@@ -45,6 +45,7 @@ export class LocalWorker {
 
   /** Registers the worker as online and starts the heartbeat loop. Throws if the first write fails. */
   async start(): Promise<WorkerRecord> {
+    if (this.running) return this.beat();
     const record = await this.save('online');
     this.running = true;
     this.timer = setInterval(() => {

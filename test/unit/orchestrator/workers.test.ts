@@ -100,6 +100,19 @@ describe('local worker', () => {
     expect(h.events.some((e) => e.type === 'worker.heartbeat' && e.workerId === 'w2')).toBe(true);
   });
 
+  it('announces a worker going stale once, from the background pass', async () => {
+    h = await harness();
+    const o = await h.restart({ reconcile: { reapIntervalMs: 20 } });
+    try {
+      h.clock.advance(h.config.workers.staleAfterMs + 1);
+      await vi.waitFor(() => expect(h.events.some((e) => e.type === 'worker.stale' && e.workerId === 'local')).toBe(true), { timeout: 5000, interval: 20 });
+      await new Promise((r) => setTimeout(r, 100));
+      expect(h.events.filter((e) => e.type === 'worker.stale')).toHaveLength(1);
+    } finally {
+      await o.stop();
+    }
+  });
+
   it('renews a lease only for its holder', async () => {
     h = await harness();
     const sb = await h.orch.spawn({}, anon);
