@@ -59,11 +59,27 @@ export interface Harness {
   close(): Promise<void>;
 }
 
-export async function harness(options: { config?: DeepPartial<Config>; providers?: Provider[]; startWorker?: boolean } = {}): Promise<Harness> {
-  const config = testConfig(options.config);
-  const root = mkdtempSync(join(tmpdir(), 'stacyvm-orch-'));
+/** Opens an empty, migrated store for one test. */
+export type StoreFactory = () => Promise<Store>;
+
+export const sqliteMemory: StoreFactory = async () => {
   const store = openSqliteStore({ path: ':memory:' });
   await store.migrate();
+  return store;
+};
+
+export interface HarnessOptions {
+  config?: DeepPartial<Config>;
+  providers?: Provider[];
+  startWorker?: boolean;
+  /** Defaults to a private in-memory SQLite store. */
+  openStore?: StoreFactory;
+}
+
+export async function harness(options: HarnessOptions = {}): Promise<Harness> {
+  const config = testConfig(options.config);
+  const root = mkdtempSync(join(tmpdir(), 'stacyvm-orch-'));
+  const store = await (options.openStore ?? sqliteMemory)();
   const clock = new ManualClock(Date.now());
   const mock = new MockProvider({ root: join(root, 'mock') });
   const providers = options.providers ?? [mock];
