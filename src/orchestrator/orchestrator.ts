@@ -1268,6 +1268,16 @@ class LifecycleManager implements Orchestrator {
   }
 
   private async reconcileRecord(record: SandboxRecord, reachable: Map<string, boolean>): Promise<void> {
+    // Reconcile changes a record only under its lease, like every other mutation.
+    try {
+      await this.acquireLease(record.id);
+    } catch (err) {
+      if (isStacyError(err, 'lease_conflict')) {
+        this.log.warn({ sandboxId: record.id }, 'reconcile: sandbox leased by another worker; left alone');
+        return;
+      }
+      throw err;
+    }
     const provider = this.providers.get(record.provider);
     if (provider === undefined || reachable.get(record.provider) !== true) {
       const why = provider === undefined ? `provider ${record.provider} is not configured` : `provider ${record.provider} is unavailable`;
@@ -1281,7 +1291,6 @@ class LifecycleManager implements Orchestrator {
     }
     if (record.state === 'creating') {
       // A crash mid-spawn: the caller never got this sandbox, so finish it off rather than guess.
-      await this.acquireLease(record.id);
       if (record.runtimeId !== null) await provider.destroy(record.runtimeId);
       await this.finish(record, 'interrupted while creating (server restarted)');
       return;
@@ -1291,16 +1300,7 @@ class LifecycleManager implements Orchestrator {
       await this.finish(record, 'runtime missing at start-up');
       return;
     }
-    // The runtime is alive: make sure this worker holds its lease and owns the record.
-    try {
-      await this.acquireLease(record.id);
-    } catch (err) {
-      if (isStacyError(err, 'lease_conflict')) {
-        this.log.warn({ sandboxId: record.id }, 'reconcile: sandbox leased by another worker; left alone');
-        return;
-      }
-      throw err;
-    }
+    // The runtime is alive: this worker now holds its lease and owns the record.
     const state: SandboxState = status === 'stopped' ? 'stopped' : record.state === 'error' || record.state === 'stopped' ? 'running' : record.state;
     if (state !== record.state || record.workerId === null) {
       await this.store.updateSandbox(record.id, {

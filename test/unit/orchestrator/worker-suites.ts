@@ -271,6 +271,19 @@ export function workerSuites(dialect: string, openStore: StoreFactory): void {
       expect(await leaseHolder(h.store, sb.id)).toBeNull();
     });
 
+    it('changes nothing on a record whose lease another worker holds', async () => {
+      h = await harness();
+      const sb = await h.orch.spawn({}, anon);
+      await h.orch.stop();
+      await h.mock.destroy(sb.runtimeId as string);
+      await h.store.releaseLease(sb.id, 'local');
+      await h.store.acquireLease({ resourceId: sb.id, resourceType: 'sandbox', holderId: 'w2', ttlMs: 60_000 });
+      const before = await h.store.getSandbox(sb.id);
+      await h.restart();
+      expect(await h.store.getSandbox(sb.id)).toEqual(before);
+      expect(await leaseHolder(h.store, sb.id)).toBe('w2');
+    });
+
     it('marks records of an unconfigured provider error and leaves their runtime alone', async () => {
       h = await harness();
       const sb = await h.orch.spawn({}, anon);
