@@ -302,8 +302,8 @@ export class KyselyStore implements Store {
     // WHERE against the committed row, so at most one of them wins.
     const result = await sql<LeasesTable>`
       INSERT INTO leases (resource_id, resource_type, holder_id, generation, expires_at, created_at, updated_at)
-      SELECT ${input.resourceId}, ${input.resourceType}, ${input.holderId}, 1, n.now + ${input.ttlMs}, n.now, n.now
-      FROM (SELECT ${this.adapter.nowExpression()} AS now) AS n
+      SELECT ${input.resourceId}, ${input.resourceType}, ${input.holderId}, n.floor + 1, n.now + ${input.ttlMs}, n.now, n.now
+      FROM (SELECT ${this.adapter.nowExpression()} AS now, (SELECT generation FROM lease_floor WHERE id = 1) AS floor) AS n
       WHERE true
       ON CONFLICT (resource_id) DO UPDATE SET
         resource_type = excluded.resource_type,
@@ -361,6 +361,28 @@ export class KyselyStore implements Store {
     if (row !== undefined && row.holder_id !== holderId && Boolean(row.live)) {
       throw new StacyError('lease_conflict', `lease on ${JSON.stringify(resourceId)} is held by another holder`);
     }
+  }
+
+  /**
+   * Two statements, floor first: once the floor covers a row's generation, deleting the row
+   * cannot let a later acquire restart below it. The delete re-checks expiry and the floor, so
+   * a row re-acquired in between (new expiry, higher generation) stays.
+   */
+  async pruneLeases(expiredBefore: number): Promise<number> {
+    if (!Number.isSafeInteger(expiredBefore)) throw badRequest(`lease prune cutoff must be an integer of epoch milliseconds, got ${expiredBefore}`);
+    // Never a live lease, whatever cutoff the caller passes; and a sandbox lease only once the
+    // sandbox record has been forgotten, so nobody can still be working under it.
+    const prunable = sql<boolean>`leases.expires_at <= ${expiredBefore} AND leases.expires_at <= ${this.adapter.nowExpression()}
+      AND (leases.resource_type <> 'sandbox' OR NOT EXISTS (SELECT 1 FROM sandboxes s WHERE s.id = leases.resource_id))`;
+    const greatest = this.dialect === 'postgres' ? sql.raw('GREATEST') : sql.raw('MAX');
+    await sql`
+      UPDATE lease_floor SET generation = ${greatest}(generation, (SELECT COALESCE(MAX(leases.generation), 0) FROM leases WHERE ${prunable}))
+      WHERE id = 1
+    `.execute(this.db);
+    const result = await sql`
+      DELETE FROM leases WHERE ${prunable} AND leases.generation <= (SELECT generation FROM lease_floor WHERE id = 1)
+    `.execute(this.db);
+    return Number(result.numAffectedRows ?? 0);
   }
 
   async getLease(resourceId: string): Promise<LeaseRecord | undefined> {

@@ -85,6 +85,13 @@ export interface Store {
   /** Only the current holder; `lease_conflict` when someone else holds it. Missing lease is a no-op. */
   releaseLease(resourceId: string, holderId: string): Promise<void>;
   getLease(resourceId: string): Promise<LeaseRecord | undefined>;
+  /**
+   * Deletes leases that expired at or before `expiredBefore` (store-clock epoch ms) and whose
+   * resource is gone: for `sandbox` leases, no sandbox record with that id exists any more.
+   * Returns rows removed. Generations stay monotonic: a later acquire of a pruned resource
+   * starts above every generation ever pruned.
+   */
+  pruneLeases(expiredBefore: number): Promise<number>;
   listLeases(filter?: { holderId?: string }): Promise<LeaseRecord[]>;
 
   getQuota(ownerId: string): Promise<QuotaRecord | undefined>;

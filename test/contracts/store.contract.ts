@@ -452,6 +452,43 @@ export function storeContract(factory: StoreContractFactory): void {
       await expect(store.renewLease('r1', 'h1', 0)).rejects.toMatchObject({ code: 'bad_request' });
     });
 
+    it('pruneLeases deletes only long-expired leases whose resource is gone, never a live one', async () => {
+      const store = await freshStore();
+      await store.createSandbox(sandbox('sb-kept'));
+      const kept = await store.acquireLease({ resourceId: 'sb-kept', resourceType: 'sandbox', holderId: 'h1', ttlMs: 50 });
+      const gone = await store.acquireLease({ resourceId: 'sb-gone', resourceType: 'sandbox', holderId: 'h1', ttlMs: 50 });
+      const other = await acquire(store, 'pool-1', 'h1', 50);
+      const live = await store.acquireLease({ resourceId: 'sb-live', resourceType: 'sandbox', holderId: 'h2', ttlMs: 60_000 });
+      await untilStoreTime(store, Math.max(kept.expiresAt, gone.expiresAt, other.expiresAt));
+      // A cutoff before their expiry keeps everything.
+      expect(await store.pruneLeases(gone.expiresAt - 1)).toBe(0);
+      // A cutoff in the future still never reaches a live lease.
+      const now = await store.now();
+      expect(await store.pruneLeases(now + 3_600_000)).toBe(2);
+      expect((await store.listLeases()).map((l) => l.resourceId)).toEqual(['sb-kept', 'sb-live']);
+      expect(await store.getLease('sb-live')).toEqual(live);
+      expect(await store.pruneLeases(now + 3_600_000)).toBe(0);
+      await expect(store.pruneLeases(Number.NaN)).rejects.toMatchObject({ code: 'bad_request' });
+    });
+
+    it('a pruned resource acquired again continues above every pruned generation (the fencing token never goes back)', async () => {
+      const store = await freshStore();
+      let last = await acquire(store, 'r-old', 'a', 30_000);
+      for (let i = 0; i < 4; i++) last = await store.renewLease('r-old', 'a', 30_000);
+      expect(last.generation).toBe(5);
+      await store.releaseLease('r-old', 'a');
+      await acquire(store, 'r-young', 'b', 30_000);
+      await store.releaseLease('r-young', 'b');
+      await untilStoreTime(store, last.updatedAt);
+      expect(await store.pruneLeases(await store.now())).toBe(2);
+      expect(await store.getLease('r-old')).toBeUndefined();
+      const again = await acquire(store, 'r-old', 'c');
+      expect(again.generation).toBeGreaterThan(last.generation);
+      // Resources never pruned keep their own sequence; new ones start above the floor too.
+      expect((await acquire(store, 'r-new', 'c')).generation).toBeGreaterThan(last.generation);
+      expect((await store.renewLease('r-old', 'c', 30_000)).generation).toBe(again.generation + 1);
+    });
+
     it('concurrent acquires of one free resource from separate connections have exactly one winner', async () => {
       const options = await factory.fresh();
       const stores = Array.from({ length: 8 }, () => open(options));
