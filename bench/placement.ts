@@ -2,7 +2,8 @@
  * Placement benchmark: 1,000 registered workers (and a few thousand active sandboxes spread
  * over them) in the store, then spawn admission through the orchestrator's `admission()`, which
  * runs the limits and worker placement exactly as a spawn does. Prints one JSON line per dialect
- * with admission p50/p99, the time of the store reads placement makes, and the fencing
+ * with admission p50/p99, the time of the store reads placement makes (listWorkerLoads) or
+ * made before it existed (listWorkers + every active sandbox), and the fencing
  * violations (must be 0) of a short lease race on the same database. PostgreSQL runs when
  * STACYVM_TEST_PG_DSN is set, in a scratch database.
  *
@@ -109,6 +110,7 @@ async function bench(dialect: string, options: OpenStoreOptions, root: string): 
     const admission = await timeIt(ROUNDS, () => orch.admission({ ownerId: 'owner-1' }, caller));
     const listWorkers = await timeIt(Math.min(ROUNDS, 100), () => store.listWorkers());
     const listActive = await timeIt(Math.min(ROUNDS, 100), () => store.listSandboxes({ states: ACTIVE_SANDBOX_STATES }));
+    const workerLoads = await timeIt(Math.min(ROUNDS, 100), () => store.listWorkerLoads(ACTIVE_SANDBOX_STATES, 'owner-1'));
 
     racers.push(...Array.from({ length: RACERS }, () => openStore({ ...options, poolSize: 1 })));
     const results = await Promise.all(
@@ -128,6 +130,7 @@ async function bench(dialect: string, options: OpenStoreOptions, root: string): 
         admission,
         store_list_workers: listWorkers,
         store_list_active_sandboxes: listActive,
+        store_list_worker_loads: workerLoads,
         lease_race: { racers: RACERS, duration_ms: RACE_MS, grants: events.length },
         fencing_violations: checkLeaseHistory(events).length,
       }),

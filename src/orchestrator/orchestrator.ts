@@ -313,26 +313,14 @@ class LifecycleManager implements Orchestrator {
     return ownerId === null ? undefined : this.store.getQuota(ownerId);
   }
 
-  /** Active sandboxes per owning worker, in total and of one owner, for placement. */
-  private async activeByWorker(ownerId: string | null): Promise<{ all: Map<string, number>; owner: Map<string, number> | undefined }> {
-    const rows = await this.store.listSandboxes({ states: ACTIVE_SANDBOX_STATES });
-    const all = new Map<string, number>();
-    const owner = ownerId === null ? undefined : new Map<string, number>();
-    for (const r of rows) {
-      if (r.workerId === null) continue;
-      all.set(r.workerId, (all.get(r.workerId) ?? 0) + 1);
-      if (owner !== undefined && r.ownerId === ownerId) owner.set(r.workerId, (owner.get(r.workerId) ?? 0) + 1);
-    }
-    return { all, owner };
-  }
-
   private async placement(provider: string, ownerId: string | null): Promise<Placement> {
-    const [workers, counts] = await Promise.all([this.store.listWorkers(), this.activeByWorker(ownerId)]);
+    // One grouped query: listing every active sandbox made placement cost grow with the fleet.
+    const loads = await this.store.listWorkerLoads(ACTIVE_SANDBOX_STATES, ownerId);
     const result = place({
       localWorkerId: this.workerId,
-      workers,
-      activeByWorker: counts.all,
-      ...(counts.owner !== undefined ? { ownerActiveByWorker: counts.owner } : {}),
+      workers: loads.map((l) => l.worker),
+      activeByWorker: new Map(loads.map((l) => [l.worker.id, l.active])),
+      ...(ownerId !== null ? { ownerActiveByWorker: new Map(loads.map((l) => [l.worker.id, l.ownerActive])) } : {}),
       provider,
       now: this.clock.now(),
       staleAfterMs: this.config.workers.staleAfterMs,

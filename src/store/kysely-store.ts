@@ -33,6 +33,7 @@ import type {
   SandboxPatch,
   Store,
   TemplatePatch,
+  WorkerLoad,
 } from './store.js';
 
 /** What a database error means to the store; anything else is rethrown unchanged. */
@@ -282,6 +283,23 @@ export class KyselyStore implements Store {
   async listWorkers(): Promise<WorkerRecord[]> {
     const rows = await this.db.selectFrom('workers').selectAll().orderBy('id').execute();
     return rows.map(rowToWorker);
+  }
+
+  async listWorkerLoads(states: readonly SandboxState[], ownerId: string | null): Promise<WorkerLoad[]> {
+    rejectNul(states, ownerId);
+    if (states.length === 0) return (await this.listWorkers()).map((worker) => ({ worker, active: 0, ownerActive: 0 }));
+    const result = await sql<Selectable<WorkersTable> & { active: number | string; owner_active: number | string | null }>`
+      SELECT w.id, w.hostname, w.status, w.providers, w.capabilities, w.capacity, w.last_heartbeat, w.created_at, w.updated_at,
+        COALESCE(c.active, 0) AS active, COALESCE(c.owner_active, 0) AS owner_active
+      FROM workers w LEFT JOIN (
+        SELECT worker_id, COUNT(*) AS active, SUM(CASE WHEN owner_id = ${ownerId} THEN 1 ELSE 0 END) AS owner_active
+        FROM sandboxes
+        WHERE state IN (${sql.join([...states])}) AND worker_id IS NOT NULL
+        GROUP BY worker_id
+      ) c ON c.worker_id = w.id
+      ORDER BY w.id
+    `.execute(this.db);
+    return result.rows.map((row) => ({ worker: rowToWorker(row), active: Number(row.active), ownerActive: Number(row.owner_active ?? 0) }));
   }
 
   async deleteWorker(id: string): Promise<void> {

@@ -321,6 +321,38 @@ export function storeContract(factory: StoreContractFactory): void {
       expect((await store.listWorkers()).map((w) => w.id)).toEqual(['wb']);
       await expect(store.deleteWorker('wa')).rejects.toMatchObject({ code: 'not_found' });
     });
+
+    it('listWorkerLoads gives every worker, by id, with its sandboxes in the given states, in total and of one owner', async () => {
+      const store = await freshStore();
+      const cap = { maxSandboxes: 5, maxSandboxesPerOwner: 2 };
+      await store.saveWorker(worker('wb', { capacity: cap, providers: ['mock'] }));
+      await store.saveWorker(worker('wa'));
+      await store.saveWorker(worker('wc'));
+      const rows: Array<[string, SandboxRecord['state'], string | null, string | null]> = [
+        ['sb-1', 'running', 'wa', 'alice'],
+        ['sb-2', 'creating', 'wa', 'bob'],
+        ['sb-3', 'destroyed', 'wa', 'alice'],
+        ['sb-4', 'running', 'wb', 'alice'],
+        ['sb-5', 'running', 'wb', 'alice'],
+        ['sb-6', 'running', 'gone-worker', 'alice'],
+        ['sb-7', 'running', null, 'alice'],
+        ['sb-8', 'error', 'wb', null],
+      ];
+      for (const [id, state, workerId, ownerId] of rows) await store.createSandbox(sandbox(id, { state, workerId, ownerId }));
+      const loads = await store.listWorkerLoads(['creating', 'running', 'error'], 'alice');
+      expect(loads.map((l) => [l.worker.id, l.active, l.ownerActive])).toEqual([
+        ['wa', 2, 1],
+        ['wb', 3, 2],
+        ['wc', 0, 0],
+      ]);
+      expect(loads[1]?.worker).toEqual(await store.getWorker('wb'));
+      expect((await store.listWorkerLoads(['running'], null)).map((l) => [l.worker.id, l.active, l.ownerActive])).toEqual([
+        ['wa', 1, 0],
+        ['wb', 2, 0],
+        ['wc', 0, 0],
+      ]);
+      expect((await store.listWorkerLoads([], 'alice')).map((l) => l.active)).toEqual([0, 0, 0]);
+    });
   });
 
   describe('quotas', () => {
