@@ -220,6 +220,42 @@ export function workerSuites(dialect: string, openStore: StoreFactory): void {
       await o.destroy(sb.id, anon);
     });
 
+    it('destroy and adoption take the lease before touching the provider or the store', async () => {
+      h = await harness();
+      const sb = await h.orch.spawn({}, anon);
+      await h.orch.stop();
+      const { runtimeId: unknownRuntime } = await h.mock.spawn({ sandboxId: 'sb-0000abcd', image: 'x', memoryMb: 64, vcpus: 1, ownerId: null, workerId: 'local', env: {}, labels: {} });
+      const calls: string[] = [];
+      const provider = new Proxy(h.mock, {
+        get(target, prop, receiver) {
+          const v = Reflect.get(target, prop, receiver) as unknown;
+          if (typeof v !== 'function') return v;
+          return (...args: unknown[]) => {
+            if (prop === 'destroy') calls.push(`provider.destroy:${String(args[0])}`);
+            return (v as (...a: unknown[]) => unknown).apply(target, args);
+          };
+        },
+      });
+      const { createOrchestrator } = await import('../../../src/orchestrator/index.js');
+      const o = createOrchestrator({ config: h.config, store: recording(h.store, calls), providers: [provider], clock: h.clock, version: 't' });
+      await o.start();
+      try {
+        const adoptLease = calls.indexOf('acquireLease:sb-0000abcd');
+        expect(adoptLease).toBeGreaterThanOrEqual(0);
+        expect(calls.indexOf('createSandbox:sb-0000abcd')).toBeGreaterThan(adoptLease);
+        calls.length = 0;
+        await o.destroy(sb.id, anon);
+        const lease = calls.indexOf(`acquireLease:${sb.id}`);
+        expect(lease).toBeGreaterThanOrEqual(0);
+        expect(calls.indexOf(`provider.destroy:${sb.runtimeId}`)).toBeGreaterThan(lease);
+        expect(calls.indexOf(`updateSandbox:${sb.id}`)).toBeGreaterThan(lease);
+        expect(calls.indexOf(`releaseLease:${sb.id}`)).toBeGreaterThan(calls.indexOf(`updateSandbox:${sb.id}`));
+        expect(await h.mock.status(unknownRuntime)).toBe('running');
+      } finally {
+        await o.stop();
+      }
+    });
+
     it('does not create anything when the lease is held elsewhere', async () => {
       h = await harness();
       const { createOrchestrator } = await import('../../../src/orchestrator/index.js');
