@@ -317,11 +317,13 @@ export class KyselyStore implements Store {
     checkTtl(input.ttlMs);
     // The conflict branch only fires for the same holder or an expired lease; otherwise no row
     // comes back. On PostgreSQL a concurrent acquire waits for the row lock and re-checks the
-    // WHERE against the committed row, so at most one of them wins.
+    // WHERE against the committed row, so at most one of them wins. The floor is read under a
+    // share lock there: a prune running meanwhile then either waits for this acquire or has
+    // committed its raised floor before this statement reads it, never in between.
     const result = await sql<LeasesTable>`
       INSERT INTO leases (resource_id, resource_type, holder_id, generation, expires_at, created_at, updated_at)
       SELECT ${input.resourceId}, ${input.resourceType}, ${input.holderId}, n.floor + 1, n.now + ${input.ttlMs}, n.now, n.now
-      FROM (SELECT ${this.adapter.nowExpression()} AS now, (SELECT generation FROM lease_floor WHERE id = 1) AS floor) AS n
+      FROM (SELECT ${this.adapter.nowExpression()} AS now, (SELECT generation FROM lease_floor WHERE id = 1${this.floorLock()}) AS floor) AS n
       WHERE true
       ON CONFLICT (resource_id) DO UPDATE SET
         resource_type = excluded.resource_type,
@@ -382,9 +384,14 @@ export class KyselyStore implements Store {
   }
 
   /**
-   * Two statements, floor first: once the floor covers a row's generation, deleting the row
+   * Floor first, then the delete: once the floor covers a row's generation, deleting the row
    * cannot let a later acquire restart below it. The delete re-checks expiry and the floor, so
    * a row re-acquired in between (new expiry, higher generation) stays.
+   *
+   * On PostgreSQL both are one statement, so the floor row stays locked until the delete
+   * commits and an acquire (which reads the floor under a share lock) sees either neither or
+   * both. SQLite runs one writer at a time and every statement reads the latest data, so two
+   * statements are enough there.
    */
   async pruneLeases(expiredBefore: number): Promise<number> {
     if (!Number.isSafeInteger(expiredBefore)) throw badRequest(`lease prune cutoff must be an integer of epoch milliseconds, got ${expiredBefore}`);
@@ -392,15 +399,24 @@ export class KyselyStore implements Store {
     // sandbox record has been forgotten, so nobody can still be working under it.
     const prunable = sql<boolean>`leases.expires_at <= ${expiredBefore} AND leases.expires_at <= ${this.adapter.nowExpression()}
       AND (leases.resource_type <> 'sandbox' OR NOT EXISTS (SELECT 1 FROM sandboxes s WHERE s.id = leases.resource_id))`;
-    const greatest = this.dialect === 'postgres' ? sql.raw('GREATEST') : sql.raw('MAX');
-    await sql`
-      UPDATE lease_floor SET generation = ${greatest}(generation, (SELECT COALESCE(MAX(leases.generation), 0) FROM leases WHERE ${prunable}))
-      WHERE id = 1
-    `.execute(this.db);
+    const highest = sql`(SELECT COALESCE(MAX(leases.generation), 0) FROM leases WHERE ${prunable})`;
+    if (this.dialect === 'postgres') {
+      const result = await sql`
+        WITH floor AS (UPDATE lease_floor SET generation = GREATEST(generation, ${highest}) WHERE id = 1 RETURNING generation)
+        DELETE FROM leases WHERE ${prunable} AND leases.generation <= (SELECT generation FROM floor)
+      `.execute(this.db);
+      return Number(result.numAffectedRows ?? 0);
+    }
+    await sql`UPDATE lease_floor SET generation = MAX(generation, ${highest}) WHERE id = 1`.execute(this.db);
     const result = await sql`
       DELETE FROM leases WHERE ${prunable} AND leases.generation <= (SELECT generation FROM lease_floor WHERE id = 1)
     `.execute(this.db);
     return Number(result.numAffectedRows ?? 0);
+  }
+
+  /** Row-lock clause for reading the lease floor inside an acquire; SQLite needs none. */
+  private floorLock(): RawBuilder<unknown> {
+    return this.dialect === 'postgres' ? sql.raw(' FOR SHARE') : sql.raw('');
   }
 
   async getLease(resourceId: string): Promise<LeaseRecord | undefined> {

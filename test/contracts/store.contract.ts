@@ -537,6 +537,34 @@ export function storeContract(factory: StoreContractFactory): void {
   });
 
   describe('lease race', () => {
+    it('pruning expired leases while 6 racers hammer them never lowers a generation or lets two hold at once', async () => {
+      const options = await factory.fresh();
+      const racers = Array.from({ length: 6 }, () => open({ ...options, poolSize: 1 }));
+      const pruner = open({ ...options, poolSize: 1 });
+      await pruner.migrate();
+      const resources = ['prune-a', 'prune-b'];
+      let racing = true;
+      let pruned = 0;
+      const pruning = (async () => {
+        while (racing) {
+          // Everything expired by now goes: racer leases are not sandbox leases, so nothing else guards them.
+          pruned += await pruner.pruneLeases(await pruner.now());
+          await sleep(2);
+        }
+      })();
+      let results: RacerResult[];
+      try {
+        results = await Promise.all(racers.map((s, i) => runLeaseRacer(s, { holderId: `pr-${i}`, resources, durationMs: 2000, ttlMs: [10, 40], pace: 'paced' })));
+      } finally {
+        racing = false;
+        await pruning;
+      }
+      const events = results.flatMap((r) => r.events);
+      expect(checkLeaseHistory(events)).toEqual([]);
+      expect(pruned).toBeGreaterThan(0);
+      expect(new Set(events.map((e) => e.resourceId))).toEqual(new Set(resources));
+    }, 60_000);
+
     it(
       '8 racers on separate connections and processes never share a resource, and generations only grow',
       async () => {
