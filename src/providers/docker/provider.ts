@@ -43,21 +43,31 @@ const WORKSPACE = '/workspace';
 const IDLE_CMD = ['/bin/sh', '-c', 'trap "exit 0" TERM INT; while :; do sleep 3600 & wait $!; done'];
 
 /**
- * Kills every process whose environment carries the exec marker, and their process groups
- * (each exec is its own session leader). Repeats until a scan finds nothing, so children forked
- * during a scan are caught by the next one; the pids limit bounds how long that can take.
+ * Kills every process whose environment carries the exec marker. Each round first stops every
+ * marked process, so none can react to a sibling's death (a shell running `sleep; echo` would
+ * otherwise go on to the next command), then kills them and their process groups. Rounds
+ * repeat until a scan finds nothing, catching children forked mid-scan; the pids limit bounds
+ * how long that can take. Groups 0/1 and the script's own are never signalled.
  */
 const KILL_TREE_SCRIPT = `m="${EXEC_MARKER_ENV}=$1"; self=$$
+read -r own < /proc/self/stat; set -- \${own##*) }; ownpg=$3
 for round in 1 2 3 4 5 6 7 8 9 10; do
-  found=0
+  found=""
   for d in /proc/[0-9]*; do
     p=\${d#/proc/}
     [ "$p" = "$self" ] && continue
     if tr '\\0' '\\n' < "$d/environ" 2>/dev/null | grep -qxF -- "$m"; then
-      found=1; kill -KILL -"$p" 2>/dev/null; kill -KILL "$p" 2>/dev/null
+      found="$found $p"; kill -STOP "$p" 2>/dev/null
     fi
   done
-  [ "$found" = 0 ] && exit 0
+  [ -z "$found" ] && exit 0
+  for p in $found; do
+    if read -r line < "/proc/$p/stat" 2>/dev/null; then
+      set -- \${line##*) }
+      [ "$3" -gt 1 ] 2>/dev/null && [ "$3" != "$ownpg" ] && kill -KILL -"$3" 2>/dev/null
+    fi
+    kill -KILL "$p" 2>/dev/null
+  done
 done
 exit 1`;
 
