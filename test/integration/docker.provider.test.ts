@@ -118,8 +118,9 @@ describe.skipIf(!supported)('docker provider (real dockerd)', () => {
     });
 
     it('starts in a writable /workspace with the spawn environment', async () => {
-      const r = await sh('pwd; echo "$SPAWN_ENV"; touch /workspace/.probe && echo writable');
-      expect(r.stdout).toBe('/workspace\nfrom-spawn\nwritable\n');
+      const r = await sh('pwd; echo "$SPAWN_ENV"; echo "$SANDBOX_ID"; touch /workspace/.probe && echo writable');
+      const sandboxId = (await docker.getContainer(rt).inspect()).Config.Labels[LABEL_SANDBOX_ID];
+      expect(r.stdout).toBe(`/workspace\nfrom-spawn\n${sandboxId}\nwritable\n`);
       expect(r.exitCode).toBe(0);
     });
   });
@@ -284,7 +285,7 @@ describe.skipIf(!supported)('docker provider (real dockerd)', () => {
       expect((await provider.stat(rt, '/workspace/moved/c d.txt')).mode).toBe(0o751);
       await expectCode(provider.chmod(rt, '/workspace/none', 0o600), 'not_found');
 
-      await expectCode(provider.deleteFile(rt, '/workspace/odd', false), 'bad_request');
+      await expectCode(provider.deleteFile(rt, '/workspace/odd', false), 'conflict');
       await provider.deleteFile(rt, '/workspace/odd/sub/x.py', false);
       await provider.deleteFile(rt, '/workspace/odd', true);
       await expectCode(provider.stat(rt, '/workspace/odd'), 'not_found');

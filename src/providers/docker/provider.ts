@@ -46,22 +46,22 @@ const IDLE_CMD = ['/bin/sh', '-c', 'trap "exit 0" TERM INT; while :; do sleep 36
  * Kills every process whose environment carries the exec marker. Each round first stops every
  * marked process, so none can react to a sibling's death (a shell running `sleep; echo` would
  * otherwise go on to the next command), then kills them and their process groups. Rounds
- * repeat until a scan finds nothing, catching children forked mid-scan; the pids limit bounds
- * how long that can take. Groups 0/1 and the script's own are never signalled.
+ * repeat until a scan finds nothing, catching children forked mid-scan. A round forks only one
+ * grep, so the kill still gets through when a fork bomb holds the pids limit. Groups 0/1 and
+ * the script's own are never signalled.
  */
 const KILL_TREE_SCRIPT = `m="${EXEC_MARKER_ENV}=$1"; self=$$
 read -r own < /proc/self/stat; set -- \${own##*) }; ownpg=$3
 for round in 1 2 3 4 5 6 7 8 9 10; do
-  found=""
-  for d in /proc/[0-9]*; do
-    p=\${d#/proc/}
+  found=$(grep -lzxF -- "$m" /proc/[0-9]*/environ 2>/dev/null)
+  pids=""
+  for f in $found; do
+    p=\${f#/proc/}; p=\${p%/environ}
     [ "$p" = "$self" ] && continue
-    if tr '\\0' '\\n' < "$d/environ" 2>/dev/null | grep -qxF -- "$m"; then
-      found="$found $p"; kill -STOP "$p" 2>/dev/null
-    fi
+    pids="$pids $p"; kill -STOP "$p" 2>/dev/null
   done
-  [ -z "$found" ] && exit 0
-  for p in $found; do
+  [ -z "$pids" ] && exit 0
+  for p in $pids; do
     if read -r line < "/proc/$p/stat" 2>/dev/null; then
       set -- \${line##*) }
       [ "$3" -gt 1 ] 2>/dev/null && [ "$3" != "$ownpg" ] && kill -KILL -"$3" 2>/dev/null
@@ -93,13 +93,16 @@ if [ "$2" = recursive ]; then exec rm -rf -- "$1"; fi
 if [ -d "$1" ] && ! [ -L "$1" ]; then rmdir -- "$1" 2>/dev/null || exit ${EXIT_WRONG_TYPE}; exit 0; fi
 exec rm -f -- "$1"`;
 
+/** A destination parent that cannot be created (e.g. a dangling link in the way) is not_found. */
 const MOVE_SCRIPT = `{ [ -e "$1" ] || [ -L "$1" ]; } || exit ${EXIT_NOT_FOUND}
-mkdir -p -- "$(dirname -- "$2")" && exec mv -f -- "$1" "$2"`;
+d=$(dirname -- "$2"); [ -d "$d" ] || mkdir -p -- "$d" 2>/dev/null || exit ${EXIT_NOT_FOUND}
+exec mv -f -- "$1" "$2"`;
 
-const CHMOD_SCRIPT = `{ [ -e "$1" ] || [ -L "$1" ]; } || exit ${EXIT_NOT_FOUND}
+/** chmod follows links, so a link whose target is missing is not_found like a missing path. */
+const CHMOD_SCRIPT = `[ -e "$1" ] || exit ${EXIT_NOT_FOUND}
 exec chmod "$2" -- "$1"`;
 
-const MKDIR_SCRIPT = `exec mkdir -p -- "$1"`;
+const MKDIR_SCRIPT = `[ -d "$1" ] || mkdir -p -- "$1" 2>/dev/null || exit ${EXIT_NOT_FOUND}`;
 
 /** Helper commands (stat, list, kill …) are internal and short; this bounds a wedged one. */
 const HELPER_TIMEOUT_MS = 60_000;
@@ -252,7 +255,8 @@ export class DockerProvider implements Provider {
         Entrypoint: [],
         Hostname: spec.sandboxId,
         WorkingDir: WORKSPACE,
-        Env: Object.entries(spec.env).map(([k, v]) => `${k}=${v}`),
+        // SANDBOX_ID last so a spec env cannot mask which sandbox a command runs in.
+        Env: [...Object.entries(spec.env).map(([k, v]) => `${k}=${v}`), `SANDBOX_ID=${spec.sandboxId}`],
         Labels: labels,
         // A read-only root still needs a writable workspace the archive API can reach, which a
         // volume is and a tmpfs is not (docker cp writes beneath tmpfs mounts).
@@ -477,24 +481,28 @@ export class DockerProvider implements Provider {
   }
 
   private async killExecTree(container: Docker.Container, marker: string): Promise<void> {
-    try {
-      const exec = await container.exec({
-        Cmd: ['/bin/sh', '-c', KILL_TREE_SCRIPT, 'sh', marker],
-        AttachStdout: true,
-        AttachStderr: true,
-        User: '0',
-      });
-      const stream = (await exec.start({ hijack: true, stdin: false })) as NodeJS.ReadableStream;
-      for await (const _chunk of demuxDockerStream(stream as AsyncIterable<Buffer>)) {
-        // Output is not used; draining lets the helper finish.
+    // A saturated pids limit can make the kill exec itself fail to start; retry briefly.
+    for (let attempt = 1; attempt <= 10; attempt++) {
+      try {
+        const exec = await container.exec({
+          Cmd: ['/bin/sh', '-c', KILL_TREE_SCRIPT, 'sh', marker],
+          AttachStdout: true,
+          AttachStderr: true,
+          User: '0',
+        });
+        const stream = (await exec.start({ hijack: true, stdin: false })) as NodeJS.ReadableStream;
+        for await (const _chunk of demuxDockerStream(stream as AsyncIterable<Buffer>)) {
+          // Output is not used; draining lets the script finish.
+        }
+        const info = await exec.inspect();
+        if (info.ExitCode === 0) return;
+        this.log?.warn({ containerId: container.id, exitCode: info.ExitCode, attempt }, 'exec tree kill incomplete');
+      } catch (err) {
+        // A container that is gone or stopped has no processes left to kill.
+        if (statusOf(err) === 404 || statusOf(err) === 409) return;
+        this.log?.warn({ containerId: container.id, err: daemonMessage(err), attempt }, 'exec tree kill failed');
       }
-      const info = await exec.inspect();
-      if (info.ExitCode !== 0) this.log?.warn({ containerId: container.id, exitCode: info.ExitCode }, 'exec tree kill incomplete');
-    } catch (err) {
-      // A container that is gone has no processes left to kill.
-      if (statusOf(err) !== 404 && statusOf(err) !== 409) {
-        this.log?.warn({ containerId: container.id, err: daemonMessage(err) }, 'exec tree kill failed');
-      }
+      await new Promise((r) => setTimeout(r, 100 * attempt));
     }
   }
 
@@ -524,9 +532,14 @@ export class DockerProvider implements Provider {
     if (result.exitCode === 0) return result.stdout;
     if (result.exitCode === EXIT_NOT_FOUND) throw notFound('path', path);
     if (result.exitCode === EXIT_WRONG_TYPE) {
-      throw badRequest(op === 'list' ? `${path} is not a directory` : `${path} is a non-empty directory (delete it recursively)`);
+      if (op === 'list') throw badRequest(`${path} is not a directory`);
+      throw conflict(`${path} is a non-empty directory (delete it recursively)`);
     }
-    throw providerError(`docker: ${op} ${path}: ${result.stderr || `exit ${result.exitCode}`}`);
+    // 126/127: the helper itself could not run (no sh or tool in the image) — our failure.
+    // Anything else is the tool refusing the client's request (EACCES, EBUSY, EROFS …).
+    const detail = result.stderr || `exit ${result.exitCode}`;
+    if (result.exitCode === 126 || result.exitCode === 127) throw providerError(`docker: ${op} ${path}: ${detail}`);
+    throw badRequest(`${op} ${path}: ${detail}`);
   }
 
   async writeFile(runtimeId: string, path: string, content: Buffer | Readable, mode = 0o644): Promise<void> {
