@@ -123,6 +123,22 @@ describe.skipIf(!supported)('docker provider (real dockerd)', () => {
       expect(r.stdout).toBe(`/workspace\nfrom-spawn\n${sandboxId}\nwritable\n`);
       expect(r.exitCode).toBe(0);
     });
+
+    it('keeps /workspace and /tmp writable on a read-only root filesystem', async () => {
+      const ro = new DockerProvider({ config: testDockerConfig({ readOnlyRootfs: true }) });
+      const { runtimeId } = await ro.spawn(testSpawnSpec());
+      spawned.push(runtimeId);
+      const r = await collect(ro.execStream(runtimeId, req('touch /etc/x 2>/dev/null || echo ro; touch /workspace/w /tmp/t && echo rw')));
+      expect(r.stdout).toBe('ro\nrw\n');
+      await ro.writeFile(runtimeId, '/workspace/sub/f.txt', Buffer.from('on a volume'));
+      expect((await readAll(await ro.readFile(runtimeId, '/workspace/sub/f.txt'))).toString()).toBe('on a volume');
+      await expectCode(ro.writeFile(runtimeId, '/etc/f.txt', Buffer.from('x')), 'bad_request');
+      const volumes = (await docker.getContainer(runtimeId).inspect()).Mounts.map((m) => m.Name);
+      await ro.destroy(runtimeId);
+      // The anonymous workspace volume goes with the container.
+      const left = (await docker.listVolumes()).Volumes?.map((v) => v.Name) ?? [];
+      for (const v of volumes) expect(left).not.toContain(v);
+    });
   });
 
   describe('exec', () => {

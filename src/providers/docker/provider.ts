@@ -545,6 +545,11 @@ export class DockerProvider implements Provider {
   async writeFile(runtimeId: string, path: string, content: Buffer | Readable, mode = 0o644): Promise<void> {
     const container = await this.requireContainer(runtimeId);
     if (path === '/') throw badRequest('cannot write to /');
+    // dockerd 20.10 answers 500 for writes to a read-only root; say so before trying. /tmp is
+    // a tmpfs, which the archive API cannot reach, so /workspace is the only writable tree.
+    if (this.config.readOnlyRootfs && !path.startsWith(`${WORKSPACE}/`)) {
+      throw badRequest(`cannot write ${path}: the sandbox root filesystem is read-only (write under ${WORKSPACE})`);
+    }
     const dir = posix.dirname(path);
     const name = posix.basename(path);
     // A tar header needs the size up front; a stream of unknown length is spooled to a temp
@@ -580,7 +585,9 @@ export class DockerProvider implements Provider {
         await put();
       }
     } catch (err) {
-      if (statusOf(err) === 400 || statusOf(err) === 409) throw badRequest(`cannot write ${path}: ${daemonMessage(err)}`);
+      // 400 bad path, 403 read-only root filesystem, 409 type clash (file vs directory).
+      const status = statusOf(err);
+      if (status === 400 || status === 403 || status === 409) throw badRequest(`cannot write ${path}: ${daemonMessage(err)}`);
       throw this.containerError(runtimeId, `write ${path}`, err);
     } finally {
       if (spool !== null) await rm(spool, { recursive: true, force: true });
