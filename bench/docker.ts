@@ -10,7 +10,7 @@
  */
 import Docker from 'dockerode';
 import { newSandboxId } from '../src/core/ids.js';
-import { DOCKER_PROVIDER_DEFAULTS } from '../src/providers/docker/config.js';
+import { defaultConfig } from '../src/config/load.js';
 import { DockerProvider } from '../src/providers/docker/provider.js';
 import { demuxDockerStream } from '../src/providers/docker/demux.js';
 import { TEST_IMAGE, ensureTestImage } from '../test/fixtures/docker-image.js';
@@ -34,7 +34,7 @@ async function timed<T>(fn: () => Promise<T>): Promise<[T, number]> {
 }
 
 const docker = new Docker({ socketPath: socket });
-const provider = new DockerProvider({ config: { ...DOCKER_PROVIDER_DEFAULTS, enabled: true, socket }, docker });
+const provider = new DockerProvider({ config: { ...defaultConfig().providers.docker, enabled: true, socket }, docker });
 
 async function providerRound(record: boolean): Promise<void> {
   const [spawned, tSpawn] = await timed(() =>

