@@ -244,6 +244,9 @@ describe.skipIf(!supported)('docker provider (real dockerd)', () => {
       const r = await collect(provider.execStream(rt, req('/no/such/binary', { mode: 'argv' })));
       expect(r.error).toBeUndefined();
       expect(r.exitCode).not.toBe(0);
+      // The runtime's complaint is a diagnostic on stderr, not the command's stdout.
+      expect(r.stdout).toBe('');
+      expect(r.stderr).toContain('/no/such/binary');
     });
   });
 

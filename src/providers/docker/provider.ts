@@ -446,8 +446,16 @@ export class DockerProvider implements Provider {
     };
     signal?.addEventListener('abort', onAbort, { once: true });
     try {
+      let startChecked = false;
+      let failedStart = false;
       for await (const chunk of demuxDockerStream(stream as AsyncIterable<Buffer>)) {
-        yield { type: chunk.stream, data: chunk.data };
+        if (!startChecked) {
+          startChecked = true;
+          failedStart = await this.execFailedToStart(exec);
+        }
+        // When the runtime cannot start the command it writes its own error to stdout; that
+        // is a diagnostic, not the command's output.
+        yield { type: failedStart ? 'stderr' : chunk.stream, data: chunk.data };
       }
       clearTimeout(timer);
       if (killing !== null) await killing;
@@ -463,6 +471,25 @@ export class DockerProvider implements Provider {
       // Leaving early (break, throw in the consumer) must not leave the command running.
       if (!finished) await killTree();
     }
+  }
+
+  /**
+   * True when the runtime never started the command (missing binary or working directory):
+   * the exec ends without ever having had a pid. Asked once, at the first output.
+   */
+  private async execFailedToStart(exec: Docker.Exec): Promise<boolean> {
+    for (let attempt = 0; attempt < 50; attempt++) {
+      let info: Docker.ExecInspectInfo;
+      try {
+        info = await exec.inspect();
+      } catch {
+        return false;
+      }
+      if (info.Pid > 0) return false;
+      if (!info.Running) return true;
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    return false;
   }
 
   private async execExitCode(exec: Docker.Exec, runtimeId: string): Promise<number> {
