@@ -465,6 +465,33 @@ describe.skipIf(!registrySupported)('docker provider image pulls (loopback regis
     expect(everything).not.toContain('ci-user');
   });
 
+  it('pulls from a registry that requires credentials only with registry_auth', async () => {
+    const creds = { username: 'stacy', password: `pw-${randomBytes(8).toString('hex')}` };
+    const locked = await startTestRegistry(creds);
+    try {
+      const ref = `${locked.address}/stacyvm-test/private:${randomBytes(4).toString('hex')}`;
+      await ensureTestImage(docker, ref);
+      await pushAndForget(docker, ref, creds);
+      const anonymous = new DockerProvider({ config: testDockerConfig() });
+      const denied = await anonymous.spawn(testSpawnSpec({ image: ref })).then(
+        () => null,
+        (e: unknown) => e,
+      );
+      // dockerd reports missing credentials as a server error: an operator problem, not the client's.
+      expect(isStacyError(denied, 'provider_error'), String(denied)).toBe(true);
+      expect(String((denied as Error).message)).not.toContain(creds.password);
+      // Credentials for another registry are not sent along.
+      const elsewhere = new DockerProvider({ config: testDockerConfig({ registryAuth: { ...creds, serveraddress: 'registry.example.com' } }) });
+      await expectCode(elsewhere.spawn(testSpawnSpec({ image: ref })), 'provider_error');
+      const authed = new DockerProvider({ config: testDockerConfig({ registryAuth: { ...creds, serveraddress: `http://${locked.address}/` } }) });
+      const { runtimeId } = await authed.spawn(testSpawnSpec({ image: ref }));
+      spawned.push({ provider: authed, id: runtimeId });
+      expect((await collect(authed.execStream(runtimeId, req('echo private')))).stdout).toBe('private\n');
+    } finally {
+      await locked.stop();
+    }
+  });
+
   it('answers image_not_found (400) when the registry does not have the image', async () => {
     const provider = new DockerProvider({ config: testDockerConfig() });
     const err = await provider.spawn(testSpawnSpec({ image: `${registry.address}/stacyvm-test/absent:nope` })).then(

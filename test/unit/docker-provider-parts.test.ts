@@ -5,7 +5,7 @@ import { dockerConnectionOptions, redactDockerConfig } from '../../src/providers
 
 const DOCKER_DEFAULTS = defaultConfig().providers.docker;
 import { demuxDockerStream, type DemuxedChunk } from '../../src/providers/docker/demux.js';
-import { imageReference } from '../../src/providers/docker/provider.js';
+import { imageReference, normalizeRegistry, registryOf } from '../../src/providers/docker/provider.js';
 
 const frame = (type: number, payload: string | Buffer): Buffer => {
   const data = typeof payload === 'string' ? Buffer.from(payload) : payload;
@@ -81,5 +81,19 @@ describe('imageReference', () => {
     expect(imageReference('127.0.0.1:5000/a/b')).toEqual({ repo: '127.0.0.1:5000/a/b', tag: 'latest', ref: '127.0.0.1:5000/a/b:latest' });
     expect(imageReference('127.0.0.1:5000/a/b:v1').tag).toBe('v1');
     expect(imageReference('busybox@sha256:abc').ref).toBe('busybox@sha256:abc');
+  });
+});
+
+describe('registryOf / normalizeRegistry', () => {
+  it('tells which registry an image pulls from, so credentials only go there', () => {
+    expect(registryOf('python:3')).toBe('docker.io');
+    expect(registryOf('library/python')).toBe('docker.io');
+    expect(registryOf('ghcr.io/org/img:1')).toBe('ghcr.io');
+    expect(registryOf('127.0.0.1:5000/a/b')).toBe('127.0.0.1:5000');
+    expect(registryOf('localhost/a')).toBe('localhost');
+    expect(normalizeRegistry('https://index.docker.io/v1/')).toBe('docker.io');
+    expect(normalizeRegistry('')).toBe('docker.io');
+    expect(normalizeRegistry('Registry.Example.com:5000')).toBe('registry.example.com:5000');
+    expect(normalizeRegistry('https://ghcr.io/')).toBe('ghcr.io');
   });
 });

@@ -158,6 +158,22 @@ export function imageReference(image: string): { repo: string; tag: string; ref:
   return { repo: image, tag: 'latest', ref: `${image}:latest` };
 }
 
+const DOCKER_HUB = 'docker.io';
+
+/** The registry host an image reference pulls from (`docker.io` for Hub short names). */
+export function registryOf(image: string): string {
+  const slash = image.indexOf('/');
+  if (slash < 0) return DOCKER_HUB;
+  const first = image.slice(0, slash);
+  return first.includes('.') || first.includes(':') || first === 'localhost' ? normalizeRegistry(first) : DOCKER_HUB;
+}
+
+/** `https://index.docker.io/v1/`, `registry-1.docker.io`, `` … → `docker.io`; others lose scheme and path. */
+export function normalizeRegistry(address: string): string {
+  const host = address.replace(/^[a-z]+:\/\//i, '').replace(/\/.*$/, '').toLowerCase();
+  return host === '' || host === 'index.docker.io' || host === 'registry-1.docker.io' ? DOCKER_HUB : host;
+}
+
 function parseStatRecords(out: Buffer, dir: string | null): FileEntry[] {
   const entries: FileEntry[] = [];
   for (const record of out.toString('utf8').split('\0')) {
@@ -302,7 +318,9 @@ export class DockerProvider implements Provider {
       if (statusOf(err) !== 404) throw providerError(`docker: inspect image ${image.ref}: ${daemonMessage(err)}`, err);
     }
     this.log?.info({ sandboxId, image: image.ref }, 'pulling image');
-    const auth = this.config.registryAuth ?? undefined;
+    // Credentials go only to the registry they belong to, never to whichever one an image names.
+    const configured = this.config.registryAuth;
+    const auth = configured !== null && normalizeRegistry(configured.serveraddress) === registryOf(image.ref) ? configured : undefined;
     let stream: NodeJS.ReadableStream;
     try {
       stream = (await this.docker.pull(image.ref, auth === undefined ? {} : { authconfig: auth })) as NodeJS.ReadableStream;
@@ -341,7 +359,8 @@ export class DockerProvider implements Provider {
     if (status === 404 || status === undefined) {
       return new StacyError('image_not_found', `image ${JSON.stringify(ref)} not found: ${msg}`, { cause: err });
     }
-    return providerError(`docker: pull ${ref}: ${msg}`, err);
+    const hint = this.config.registryAuth === null ? ' (a private registry needs providers.docker.registry_auth)' : '';
+    return providerError(`docker: pull ${ref}: ${msg}${hint}`, err);
   }
 
   async status(runtimeId: string): Promise<RuntimeStatus> {
