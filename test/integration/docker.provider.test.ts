@@ -274,6 +274,14 @@ describe.skipIf(!supported)('docker provider (real dockerd)', () => {
       expect((await readAll(await provider.readFile(rt, '/workspace/abs.txt'))).toString()).toBe('target\n');
     });
 
+    it('refuses to write over a directory or below a file', async () => {
+      await provider.writeFile(rt, '/workspace/clash/file', Buffer.from('x'));
+      await expectCode(provider.writeFile(rt, '/workspace/clash', Buffer.from('y')), 'bad_request');
+      await expectCode(provider.writeFile(rt, '/workspace/clash/file/below', Buffer.from('y')), 'bad_request');
+      await expectCode(provider.writeFile(rt, '/workspace/clash/file/deeper/below', Buffer.from('y')), 'bad_request');
+      expect((await readAll(await provider.readFile(rt, '/workspace/clash/file'))).toString()).toBe('x');
+    });
+
     it('rejects reading a directory and a missing file with typed errors', async () => {
       await expectCode(provider.readFile(rt, '/workspace'), 'bad_request');
       await expectCode(provider.readFile(rt, '/workspace/missing.txt'), 'not_found');

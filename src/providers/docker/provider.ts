@@ -104,6 +104,15 @@ exec chmod "$2" -- "$1"`;
 
 const MKDIR_SCRIPT = `[ -d "$1" ] || mkdir -p -- "$1" 2>/dev/null || exit ${EXIT_NOT_FOUND}`;
 
+/** Exit 4 when writing a file at $1 cannot work: it is a directory, or an ancestor is not one. */
+const WRITE_CLASH_SCRIPT = `[ -d "$1" ] && exit ${EXIT_WRONG_TYPE}
+p=$(dirname -- "$1")
+while [ "$p" != / ]; do
+  if [ -e "$p" ]; then [ -d "$p" ] || exit ${EXIT_WRONG_TYPE}; exit 0; fi
+  p=$(dirname -- "$p")
+done
+exit 0`;
+
 /** Helper commands (stat, list, kill …) are internal and short; this bounds a wedged one. */
 const HELPER_TIMEOUT_MS = 60_000;
 /** Symlink hops followed inside the container when reading a file (like the kernel's 40). */
@@ -634,6 +643,11 @@ export class DockerProvider implements Provider {
       // 400 bad path, 403 read-only root filesystem, 409 type clash (file vs directory).
       const status = statusOf(err);
       if (status === 400 || status === 403 || status === 409) throw badRequest(`cannot write ${path}: ${daemonMessage(err)}`);
+      // dockerd 20.10 answers 500 when a directory is in the way or the parent is a file;
+      // find out which (inside the container) before blaming the runtime.
+      if (status === 500 && (await this.helper(runtimeId, WRITE_CLASH_SCRIPT, [path])).exitCode === EXIT_WRONG_TYPE) {
+        throw badRequest(`cannot write ${path}: a directory is in the way or a parent is not a directory`);
+      }
       throw this.containerError(runtimeId, `write ${path}`, err);
     } finally {
       if (spool !== null) await rm(spool, { recursive: true, force: true });
