@@ -124,6 +124,19 @@ describe.skipIf(!supported)('docker provider (real dockerd)', () => {
       expect(r.exitCode).toBe(0);
     });
 
+    it('gives an image that runs as a non-root user a writable /workspace', async () => {
+      const image = await ensureTestImage(docker, 'stacyvm-test/busybox:nobody', ['USER 65534']);
+      const { runtimeId } = await provider.spawn(testSpawnSpec({ image }));
+      spawned.push(runtimeId);
+      const r = await collect(provider.execStream(runtimeId, req('id -u; touch /workspace/mine && echo writable; pwd')));
+      expect(r.stdout).toBe('65534\nwritable\n/workspace\n');
+      await provider.writeFile(runtimeId, '/workspace/from-api.txt', Buffer.from('api'));
+      // Uploaded files belong to the sandbox user, who can change them.
+      const edit = await collect(provider.execStream(runtimeId, req('echo more >> /workspace/from-api.txt && stat -c %u /workspace/from-api.txt')));
+      expect(edit.stdout).toBe('65534\n');
+      expect((await readAll(await provider.readFile(runtimeId, '/workspace/from-api.txt'))).toString()).toBe('apimore\n');
+    });
+
     it('keeps /workspace and /tmp writable on a read-only root filesystem', async () => {
       const ro = new DockerProvider({ config: testDockerConfig({ readOnlyRootfs: true }) });
       const { runtimeId } = await ro.spawn(testSpawnSpec());

@@ -183,6 +183,12 @@ export function normalizeRegistry(address: string): string {
   return host === '' || host === 'index.docker.io' || host === 'registry-1.docker.io' ? DOCKER_HUB : host;
 }
 
+/** `''`, `root`, `0`, `0:0`, `root:root` … all run as uid 0. */
+function isRootUser(user: string): boolean {
+  const name = user.split(':')[0] ?? '';
+  return name === '' || name === 'root' || name === '0';
+}
+
 function parseStatRecords(out: Buffer, dir: string | null): FileEntry[] {
   const entries: FileEntry[] = [];
   for (const record of out.toString('utf8').split('\0')) {
@@ -260,7 +266,7 @@ export class DockerProvider implements Provider {
 
   async spawn(spec: SpawnSpec): Promise<SpawnResult> {
     const image = imageReference(spec.image);
-    await this.ensureImage(image, spec.sandboxId);
+    const imageUser = await this.ensureImage(image, spec.sandboxId);
     const labels: Record<string, string> = {
       ...spec.labels,
       [LABEL_SANDBOX_ID]: spec.sandboxId,
@@ -314,15 +320,24 @@ export class DockerProvider implements Provider {
       await container.remove({ force: true, v: true }).catch(() => undefined);
       throw providerError(`docker: start container for ${spec.sandboxId}: ${daemonMessage(err)}`, err);
     }
+    if (!isRootUser(imageUser)) {
+      // Docker creates a missing WorkingDir owned by root; an image that runs as another user
+      // would get a workspace it cannot write. Root owns it, so chmod needs no capability.
+      const exitCode = await this.rootExec(container, ['/bin/sh', '-c', `mkdir -p ${WORKSPACE} && chmod 1777 ${WORKSPACE}`]).catch(() => -1);
+      if (exitCode !== 0) {
+        await container.remove({ force: true, v: true }).catch(() => undefined);
+        throw providerError(`docker: could not make ${WORKSPACE} writable for user ${imageUser} in ${spec.sandboxId}`);
+      }
+    }
     this.known.add(container.id);
     this.log?.info({ sandboxId: spec.sandboxId, containerId: container.id, image: image.ref }, 'docker container started');
     return { runtimeId: container.id };
   }
 
-  private async ensureImage(image: { repo: string; tag: string; ref: string }, sandboxId: string): Promise<void> {
+  /** Makes sure the image is present (pulling it if needed) and returns the user it runs as. */
+  private async ensureImage(image: { repo: string; tag: string; ref: string }, sandboxId: string): Promise<string> {
     try {
-      await this.docker.getImage(image.ref).inspect();
-      return;
+      return (await this.docker.getImage(image.ref).inspect()).Config?.User ?? '';
     } catch (err) {
       if (statusOf(err) !== 404) throw providerError(`docker: inspect image ${image.ref}: ${daemonMessage(err)}`, err);
     }
@@ -355,6 +370,11 @@ export class DockerProvider implements Provider {
       );
     });
     this.log?.info({ sandboxId, image: image.ref }, 'image pulled');
+    try {
+      return (await this.docker.getImage(image.ref).inspect()).Config?.User ?? '';
+    } catch (err) {
+      throw providerError(`docker: inspect pulled image ${image.ref}: ${daemonMessage(err)}`, err);
+    }
   }
 
   /**
@@ -535,23 +555,28 @@ export class DockerProvider implements Provider {
     throw providerError(`docker: exec on ${runtimeId} ended without an exit code`);
   }
 
+  /** Runs an internal command as root (not the image's user), draining output; returns the exit code. */
+  private async rootExec(container: Docker.Container, cmd: string[]): Promise<number> {
+    const exec = await container.exec({ Cmd: cmd, AttachStdout: true, AttachStderr: true, User: '0' });
+    const stream = (await exec.start({ hijack: true, stdin: false })) as NodeJS.ReadableStream;
+    for await (const _chunk of demuxDockerStream(stream as AsyncIterable<Buffer>)) {
+      // Output is not used; draining lets the command finish.
+    }
+    for (let attempt = 0; attempt < 50; attempt++) {
+      const info = await exec.inspect();
+      if (!info.Running && info.ExitCode !== null) return info.ExitCode;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    return -1;
+  }
+
   private async killExecTree(container: Docker.Container, marker: string): Promise<void> {
     // A saturated pids limit can make the kill exec itself fail to start; retry briefly.
     for (let attempt = 1; attempt <= 10; attempt++) {
       try {
-        const exec = await container.exec({
-          Cmd: ['/bin/sh', '-c', KILL_TREE_SCRIPT, 'sh', marker],
-          AttachStdout: true,
-          AttachStderr: true,
-          User: '0',
-        });
-        const stream = (await exec.start({ hijack: true, stdin: false })) as NodeJS.ReadableStream;
-        for await (const _chunk of demuxDockerStream(stream as AsyncIterable<Buffer>)) {
-          // Output is not used; draining lets the script finish.
-        }
-        const info = await exec.inspect();
-        if (info.ExitCode === 0) return;
-        this.log?.warn({ containerId: container.id, exitCode: info.ExitCode, attempt }, 'exec tree kill incomplete');
+        const exitCode = await this.rootExec(container, ['/bin/sh', '-c', KILL_TREE_SCRIPT, 'sh', marker]);
+        if (exitCode === 0) return;
+        this.log?.warn({ containerId: container.id, exitCode, attempt }, 'exec tree kill incomplete');
       } catch (err) {
         // A container that is gone or stopped has no processes left to kill.
         if (statusOf(err) === 404 || statusOf(err) === 409) return;
@@ -628,7 +653,8 @@ export class DockerProvider implements Provider {
         const entry = tar.entry({ name, size, mode: mode & 0o7777, mtime: new Date(), type: 'file' });
         const feeding = pipeline(body(), entry).then(() => tar.finalize());
         feeding.catch((err: unknown) => tar.destroy(err as Error));
-        await container.putArchive(tar as unknown as NodeJS.ReadableStream, { path: dir, noOverwriteDirNonDir: true });
+        // copyUIDGID: the file belongs to the container's user, so commands can modify it.
+        await container.putArchive(tar as unknown as NodeJS.ReadableStream, { path: dir, noOverwriteDirNonDir: true, copyUIDGID: true });
         await feeding;
       };
       try {
