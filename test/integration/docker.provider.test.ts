@@ -213,7 +213,7 @@ describe.skipIf(!supported)('docker provider (real dockerd)', () => {
     });
 
     it('applies the timeout given in the request', async () => {
-      const r = await sh('sleep 4324', { timeoutMs: 500 });
+      const r = await sh('sleep 4324', { timeoutMs: 500, env: { STACYVM_EXEC_ID: 'client-chosen' } });
       expect(isStacyError(r.error, 'timeout')).toBe(true);
       expect((await sh('ps -o args | grep -c "^sleep 4324$" || true')).stdout.trim()).toBe('0');
     });

@@ -457,7 +457,10 @@ export class DockerProvider implements Provider {
       request.mode === 'shell'
         ? ['/bin/sh', '-c', [request.command, ...request.args.map(shellQuote)].join(' ')]
         : [request.command, ...request.args];
-    const env = Object.entries(request.env).map(([k, v]) => `${k}=${v}`);
+    // The marker is how a timeout finds the command's processes; a client value must not mask it.
+    const env = Object.entries(request.env)
+      .filter(([k]) => k !== EXEC_MARKER_ENV)
+      .map(([k, v]) => `${k}=${v}`);
     env.push(`${EXEC_MARKER_ENV}=${marker}`);
     const started = Date.now();
     let stream: NodeJS.ReadWriteStream;
