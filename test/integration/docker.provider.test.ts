@@ -197,7 +197,8 @@ describe.skipIf(!supported)('docker provider (real dockerd)', () => {
     });
 
     it('times out by killing the whole process tree, not the sandbox', async () => {
-      const pending = sh('(sleep 4321 &); sh -c "sleep 4322" & sleep 4323; echo never', { timeoutMs: 3000 });
+      // 4321 is daemonised (re-parented to init), 4322 runs with an emptied environment.
+      const pending = sh('(sleep 4321 &); env -i sh -c "sleep 4322" & sleep 4323; echo never', { timeoutMs: 3000 });
       // The tree (including a daemonised grandchild) exists before the deadline...
       const running = async (): Promise<string> => (await sh('ps -o args | grep -cE "^sleep 432[123]$" || true')).stdout.trim();
       for (let i = 0; i < 50 && (await running()) !== '3'; i++) await new Promise((r) => setTimeout(r, 50));

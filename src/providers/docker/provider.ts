@@ -43,31 +43,34 @@ const WORKSPACE = '/workspace';
 const IDLE_CMD = ['/bin/sh', '-c', 'trap "exit 0" TERM INT; while :; do sleep 3600 & wait $!; done'];
 
 /**
- * Kills every process whose environment carries the exec marker. Each round first stops every
- * marked process, so none can react to a sibling's death (a shell running `sleep; echo` would
- * otherwise go on to the next command), then kills them and their process groups. Rounds
- * repeat until a scan finds nothing, catching children forked mid-scan. A round forks only one
- * grep, so the kill still gets through when a fork bomb holds the pids limit. Groups 0/1 and
- * the script's own are never signalled.
+ * Kills every process of an exec: those whose environment carries the marker, plus every
+ * process in their sessions (each exec starts as a session leader, so this also catches
+ * children that cleared their environment). Each round first stops every such process, so none
+ * can react to a sibling's death (a shell running `sleep; echo` would otherwise go on to the
+ * next command), then kills them. Rounds repeat until a scan finds nothing, catching children
+ * forked mid-scan. A round forks only one grep, so the kill still gets through when a fork bomb
+ * holds the pids limit. Session/group 0 and 1 and the script's own are never targeted.
  */
 const KILL_TREE_SCRIPT = `m="${EXEC_MARKER_ENV}=$1"; self=$$
-read -r own < /proc/self/stat; set -- \${own##*) }; ownpg=$3
+read -r own < /proc/self/stat; set -- \${own##*) }; ownsid=$4
 for round in 1 2 3 4 5 6 7 8 9 10; do
-  found=$(grep -lzxF -- "$m" /proc/[0-9]*/environ 2>/dev/null)
-  pids=""
-  for f in $found; do
+  sids=" "
+  for f in $(grep -lzxF -- "$m" /proc/[0-9]*/environ 2>/dev/null); do
     p=\${f#/proc/}; p=\${p%/environ}
+    read -r line < "/proc/$p/stat" 2>/dev/null || continue
+    set -- \${line##*) }
+    [ "$4" -gt 1 ] 2>/dev/null && [ "$4" != "$ownsid" ] && case "$sids" in *" $4 "*) ;; *) sids="$sids$4 " ;; esac
+  done
+  [ "$sids" = " " ] && exit 0
+  victims=""
+  for d in /proc/[0-9]*; do
+    p=\${d#/proc/}
     [ "$p" = "$self" ] && continue
-    pids="$pids $p"; kill -STOP "$p" 2>/dev/null
+    read -r line < "$d/stat" 2>/dev/null || continue
+    set -- \${line##*) }
+    case "$sids" in *" $4 "*) victims="$victims $p"; kill -STOP "$p" 2>/dev/null ;; esac
   done
-  [ -z "$pids" ] && exit 0
-  for p in $pids; do
-    if read -r line < "/proc/$p/stat" 2>/dev/null; then
-      set -- \${line##*) }
-      [ "$3" -gt 1 ] 2>/dev/null && [ "$3" != "$ownpg" ] && kill -KILL -"$3" 2>/dev/null
-    fi
-    kill -KILL "$p" 2>/dev/null
-  done
+  for p in $victims; do kill -KILL "$p" 2>/dev/null; done
 done
 exit 1`;
 
