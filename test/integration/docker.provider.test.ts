@@ -254,13 +254,37 @@ describe.skipIf(!supported)('docker provider (real dockerd)', () => {
       expect(await dd()).toBe('0');
     });
 
-    it('reports a missing binary as a non-zero exit', async () => {
-      const r = await collect(provider.execStream(rt, req('/no/such/binary', { mode: 'argv' })));
-      expect(r.error).toBeUndefined();
-      expect(r.exitCode).not.toBe(0);
-      // The runtime's complaint is a diagnostic on stderr, not the command's stdout.
-      expect(r.stdout).toBe('');
-      expect(r.stderr).toContain('/no/such/binary');
+    it('reports a missing program as exit 127 and a missing workdir as not_found', async () => {
+      for (const command of ['/no/such/binary', 'no-such-program']) {
+        const r = await collect(provider.execStream(rt, req(command, { mode: 'argv' })));
+        expect(r.error).toBeUndefined();
+        expect(r.exitCode).toBe(127);
+        // The runtime's complaint is a diagnostic on stderr, not the command's stdout.
+        expect(r.stdout).toBe('');
+        expect(r.stderr).toContain(command);
+      }
+      await sh('printf "not a program" > /workspace/plain && chmod 644 /workspace/plain');
+      expect((await collect(provider.execStream(rt, req('/workspace/plain', { mode: 'argv' })))).exitCode).toBe(126);
+      const wd = await collect(provider.execStream(rt, req('pwd', { workdir: '/workspace/no-such-dir' })));
+      expect(isStacyError(wd.error, 'not_found')).toBe(true);
+    });
+
+    it('validates requests and honours timeouts beyond the timer range', async () => {
+      for (const bad of [req('true', { timeoutMs: 0 }), req('', { mode: 'argv' }), req('true', { env: { 'A=B': 'x' } })]) {
+        expect(isStacyError((await collect(provider.execStream(rt, bad))).error, 'bad_request')).toBe(true);
+      }
+      expect((await sh('echo ok', { timeoutMs: 2 ** 40 })).stdout).toBe('ok\n');
+    });
+
+    it('ends a running command with exit 137 when the sandbox is destroyed', async () => {
+      const { runtimeId } = await provider.spawn(testSpawnSpec());
+      spawned.push(runtimeId);
+      const iter = provider.execStream(runtimeId, req('echo up; sleep 30'))[Symbol.asyncIterator]();
+      expect((await iter.next()).value).toMatchObject({ type: 'stdout' });
+      const pending = iter.next();
+      await provider.destroy(runtimeId);
+      await expect(pending).resolves.toMatchObject({ value: { type: 'exit', exitCode: 137 } });
+      expect(await provider.status(runtimeId)).toBe('missing');
     });
   });
 

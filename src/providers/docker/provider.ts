@@ -22,6 +22,7 @@ import type {
   SpawnResult,
   SpawnSpec,
 } from '../provider.js';
+import { MAX_TIMER_MS, execArgv, validateExecRequest } from '../exec-util.js';
 import { dockerConnectionOptions, redactDockerConfig } from './config.js';
 import { demuxDockerStream } from './demux.js';
 
@@ -107,6 +108,12 @@ exec chmod "$2" -- "$1"`;
 
 const MKDIR_SCRIPT = `[ -d "$1" ] || mkdir -p -- "$1" 2>/dev/null || exit ${EXIT_NOT_FOUND}`;
 
+/** Why an exec never started: exit 3 missing workdir $1, 127 no program $2, else 126. */
+const START_FAILURE_SCRIPT = `cd -- "$1" 2>/dev/null || exit ${EXIT_NOT_FOUND}
+case "$2" in */*) [ -e "$2" ] || exit 127; exit 126 ;; esac
+command -v -- "$2" >/dev/null 2>&1 || exit 127
+exit 126`;
+
 /** Exit 4 when writing a file at $1 cannot work: it is a directory, or an ancestor is not one. */
 const WRITE_CLASH_SCRIPT = `[ -d "$1" ] && exit ${EXIT_WRONG_TYPE}
 p=$(dirname -- "$1")
@@ -155,10 +162,6 @@ function daemonMessage(err: unknown): string {
   const e = err as DockerApiError | null;
   const msg = e?.json?.message ?? e?.message ?? String(err);
   return msg.trim();
-}
-
-function shellQuote(arg: string): string {
-  return `'${arg.replace(/'/g, `'\\''`)}'`;
 }
 
 /** Splits `repo[:tag]` (a registry port is not a tag) and defaults the tag to latest. */
@@ -449,17 +452,17 @@ export class DockerProvider implements Provider {
   }
 
   execStream(runtimeId: string, request: ExecRequest, signal?: AbortSignal): AsyncIterable<ExecEvent> {
-    return this.runExec(runtimeId, request, signal);
+    return this.runExec(runtimeId, request, signal, false);
   }
 
-  private async *runExec(runtimeId: string, request: ExecRequest, signal?: AbortSignal): AsyncGenerator<ExecEvent> {
+  /** `internal`: a provider helper, whose start failures are not classified (no recursion). */
+  private async *runExec(runtimeId: string, request: ExecRequest, signal: AbortSignal | undefined, internal: boolean): AsyncGenerator<ExecEvent> {
+    validateExecRequest(request);
     signal?.throwIfAborted();
     const container = await this.requireContainer(runtimeId);
     const marker = randomBytes(12).toString('hex');
-    const cmd =
-      request.mode === 'shell'
-        ? ['/bin/sh', '-c', [request.command, ...request.args.map(shellQuote)].join(' ')]
-        : [request.command, ...request.args];
+    const cmd = execArgv(request);
+    const workdir = request.workdir ?? WORKSPACE;
     // The marker is how a timeout finds the command's processes; a client value must not mask it.
     const env = Object.entries(request.env)
       .filter(([k]) => k !== EXEC_MARKER_ENV)
@@ -472,7 +475,7 @@ export class DockerProvider implements Provider {
       exec = await container.exec({
         Cmd: cmd,
         Env: env,
-        WorkingDir: request.workdir ?? WORKSPACE,
+        WorkingDir: workdir,
         AttachStdout: true,
         AttachStderr: true,
         AttachStdin: false,
@@ -490,10 +493,13 @@ export class DockerProvider implements Provider {
       killing ??= this.killExecTree(container, marker);
       return killing;
     };
-    const timer = setTimeout(() => {
-      timedOut = true;
-      void killTree();
-    }, request.timeoutMs);
+    const timer = setTimeout(
+      () => {
+        timedOut = true;
+        void killTree();
+      },
+      Math.min(request.timeoutMs, MAX_TIMER_MS),
+    );
     const onAbort = (): void => {
       aborted = true;
       void killTree();
@@ -502,6 +508,7 @@ export class DockerProvider implements Provider {
     try {
       let startChecked = false;
       let failedStart = false;
+      const diagnostic: Buffer[] = [];
       for await (const chunk of demuxDockerStream(stream as AsyncIterable<Buffer>)) {
         if (!startChecked) {
           startChecked = true;
@@ -509,13 +516,22 @@ export class DockerProvider implements Provider {
         }
         // When the runtime cannot start the command it writes its own error to stdout; that
         // is a diagnostic, not the command's output.
-        yield { type: failedStart ? 'stderr' : chunk.stream, data: chunk.data };
+        if (failedStart) diagnostic.push(chunk.data);
+        else yield { type: chunk.stream, data: chunk.data };
       }
       clearTimeout(timer);
       if (killing !== null) await killing;
       if (timedOut) throw timeoutError(`command exceeded its ${request.timeoutMs} ms timeout and was killed`);
       if (aborted) throw signal?.reason instanceof Error ? signal.reason : new StacyError('bad_request', 'exec aborted');
-      const exitCode = await this.execExitCode(exec, runtimeId);
+      let exitCode = await this.execExitCode(exec, runtimeId);
+      if (failedStart && !internal) {
+        // Docker says 126 for every start failure; tell a missing workdir (not_found) from a
+        // missing program (127, as a shell would) and one that cannot be executed (126).
+        const why = await this.helper(runtimeId, START_FAILURE_SCRIPT, [workdir, cmd[0] ?? '']);
+        if (why.exitCode === EXIT_NOT_FOUND) throw notFound('workdir', workdir);
+        if (why.exitCode === 126 || why.exitCode === 127) exitCode = why.exitCode;
+      }
+      if (diagnostic.length > 0) yield { type: 'stderr', data: Buffer.concat(diagnostic) };
       finished = true;
       yield { type: 'exit', exitCode, durationMs: Date.now() - started };
     } finally {
@@ -553,6 +569,8 @@ export class DockerProvider implements Provider {
       try {
         info = await exec.inspect();
       } catch (err) {
+        // The container was removed while the command ran: destroy killed it (SIGKILL).
+        if (statusOf(err) === 404) return 137;
         throw this.containerError(runtimeId, 'exec inspect', err);
       }
       if (!info.Running && info.ExitCode !== null) return info.ExitCode;
@@ -605,7 +623,7 @@ export class DockerProvider implements Provider {
       workdir: '/',
       timeoutMs: HELPER_TIMEOUT_MS,
     };
-    for await (const event of this.runExec(runtimeId, request)) {
+    for await (const event of this.runExec(runtimeId, request, undefined, true)) {
       if (event.type === 'stdout') out.push(event.data);
       else if (event.type === 'stderr') err.push(event.data);
       else if (event.type === 'exit') exitCode = event.exitCode;
