@@ -440,7 +440,9 @@ export class DockerProvider implements Provider {
   }
 
   async destroy(runtimeId: string): Promise<void> {
-    if ((await this.inspectOwned(runtimeId)) === null) return;
+    // A container this instance created or inspected carries our labels for good; only an
+    // unfamiliar id needs the ownership check before it may be removed.
+    if (!this.known.has(runtimeId) && (await this.inspectOwned(runtimeId)) === null) return;
     try {
       await this.docker.getContainer(runtimeId).remove({ force: true, v: true });
     } catch (err) {
