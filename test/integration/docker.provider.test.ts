@@ -124,6 +124,14 @@ describe.skipIf(!supported)('docker provider (real dockerd)', () => {
       expect(r.exitCode).toBe(0);
     });
 
+    it('keeps running for images whose entrypoint would exit', async () => {
+      const image = await ensureTestImage(docker, 'stacyvm-test/busybox:entrypoint', ['ENTRYPOINT ["/bin/false"]']);
+      const { runtimeId } = await provider.spawn(testSpawnSpec({ image }));
+      spawned.push(runtimeId);
+      expect(await provider.status(runtimeId)).toBe('running');
+      expect((await collect(provider.execStream(runtimeId, req('echo up')))).stdout).toBe('up\n');
+    });
+
     it('gives an image that runs as a non-root user a writable /workspace', async () => {
       const image = await ensureTestImage(docker, 'stacyvm-test/busybox:nobody', ['USER 65534']);
       const { runtimeId } = await provider.spawn(testSpawnSpec({ image }));
