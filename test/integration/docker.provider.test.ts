@@ -485,13 +485,18 @@ describe.skipIf(!registrySupported)('docker provider image pulls (loopback regis
     registry = await startTestRegistry();
   });
 
+  const pulledImages: string[] = [];
+
   afterAll(async () => {
     for (const s of spawned) await s.provider.destroy(s.id).catch(() => undefined);
+    // Each run pulls under a fresh port and tag; do not let them pile up on the daemon.
+    for (const ref of pulledImages) await docker.getImage(ref).remove({ force: true }).catch(() => undefined);
     await registry?.stop();
   });
 
   it('pulls a missing image with progress, never logging the credentials', async () => {
     const ref = `${registry.address}/stacyvm-test/pulled:${randomBytes(4).toString('hex')}`;
+    pulledImages.push(ref);
     await ensureTestImage(docker, ref);
     await pushAndForget(docker, ref);
     await expect(docker.getImage(ref).inspect()).rejects.toMatchObject({ statusCode: 404 });
@@ -524,6 +529,7 @@ describe.skipIf(!registrySupported)('docker provider image pulls (loopback regis
     const locked = await startTestRegistry(creds);
     try {
       const ref = `${locked.address}/stacyvm-test/private:${randomBytes(4).toString('hex')}`;
+      pulledImages.push(ref);
       await ensureTestImage(docker, ref);
       await pushAndForget(docker, ref, creds);
       const anonymous = new DockerProvider({ config: testDockerConfig() });
