@@ -460,6 +460,27 @@ describe.skipIf(!supported)('docker provider (real dockerd)', () => {
       await expectCode(provider.consoleLog(runtimeId, 10), 'not_found');
     });
 
+    it('an exec racing destroy fails not_found or ends killed, leaving nothing behind', async () => {
+      for (let i = 0; i < 3; i++) {
+        const { runtimeId } = await provider.spawn(testSpawnSpec());
+        spawned.push(runtimeId);
+        const [exec] = await Promise.all([collect(provider.execStream(runtimeId, req('sleep 30'))), provider.destroy(runtimeId)]);
+        if (exec.error !== undefined) expect(isStacyError(exec.error, 'not_found'), String(exec.error)).toBe(true);
+        else expect(exec.exitCode).toBe(137);
+        await expect(docker.getContainer(runtimeId).inspect()).rejects.toMatchObject({ statusCode: 404 });
+      }
+    });
+
+    it('a stopped sandbox is stopped, and exec in it is a conflict', async () => {
+      const { runtimeId } = await provider.spawn(testSpawnSpec());
+      spawned.push(runtimeId);
+      await docker.getContainer(runtimeId).stop({ t: 0 });
+      expect(await provider.status(runtimeId)).toBe('stopped');
+      const r = await collect(provider.execStream(runtimeId, req('true')));
+      expect(isStacyError(r.error, 'conflict'), String(r.error)).toBe(true);
+      expect((await provider.inventory()).find((x) => x.runtimeId === runtimeId)?.status).toBe('stopped');
+    });
+
     it('is not_found when the container was removed behind its back', async () => {
       const { runtimeId } = await provider.spawn(testSpawnSpec());
       spawned.push(runtimeId);

@@ -485,6 +485,13 @@ export class DockerProvider implements Provider {
       });
       stream = (await exec.start({ hijack: true, stdin: false })) as NodeJS.ReadWriteStream;
     } catch (err) {
+      // dockerd answers 409 or 500 when the container is not running; look at it to tell a
+      // stopped sandbox (conflict) from one being destroyed (gone).
+      if (statusOf(err) === 409 || statusOf(err) === 500) {
+        const info = await this.inspectOwned(runtimeId).catch(() => null);
+        if (info === null || info.State.Status === 'removing' || info.State.Status === 'dead') throw notFound('runtime', runtimeId);
+        if (!info.State.Running) throw conflict(`sandbox runtime ${runtimeId} is not running`);
+      }
       throw this.containerError(runtimeId, 'exec', err);
     }
     let finished = false;
