@@ -4,7 +4,7 @@
  * limits, host PIDs/files/network), and symlink attacks through the file API.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:net';
 import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -105,6 +105,28 @@ describe.skipIf(!supported)('docker sandbox escape attempts (real dockerd)', () 
       // unshare(CLONE_NEWUSER) is refused by the default profile without CAP_SYS_ADMIN.
       const unshare = await sh('unshare -U -r true');
       expect(unshare.exitCode).not.toBe(0);
+    });
+
+    it('applies a configured seccomp profile and added capabilities', async () => {
+      const dir = mkdtempSync(join(tmpdir(), 'stacyvm-seccomp-'));
+      try {
+        const profile = join(dir, 'deny-mkdir.json');
+        writeFileSync(
+          profile,
+          JSON.stringify({ defaultAction: 'SCMP_ACT_ALLOW', syscalls: [{ names: ['mkdir', 'mkdirat'], action: 'SCMP_ACT_ERRNO' }] }),
+        );
+        const custom = new DockerProvider({ config: testDockerConfig({ seccompProfile: profile, addedCaps: ['CHOWN'] }) });
+        const id = (await custom.spawn(testSpawnSpec())).runtimeId;
+        spawned.push({ p: custom, id });
+        const r = await sh('mkdir /tmp/denied 2>/dev/null && echo made || echo refused; touch /tmp/f && chown 65534 /tmp/f && echo chowned', {}, id, custom);
+        expect(r.stdout).toBe('refused\nchowned\n');
+        const caps = await sh('grep CapEff /proc/self/status', {}, id, custom);
+        // CAP_CHOWN is bit 0 and the only one.
+        expect(caps.stdout).toMatch(/CapEff:\s+0000000000000001/);
+        expect(() => new DockerProvider({ config: testDockerConfig({ seccompProfile: join(dir, 'missing.json') }) })).toThrow(/seccomp_profile/);
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
     });
 
     it('bounds a fork bomb with the pids limit and survives it', async () => {
