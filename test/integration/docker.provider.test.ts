@@ -413,6 +413,17 @@ describe.skipIf(!supported)('docker provider (real dockerd)', () => {
       expect((await wrongRuntime.health()).healthy).toBe(false);
     });
 
+    it('runs sandboxes on the configured runtime', async () => {
+      // Any runtime registered in dockerd works; this daemon always has the containerd shim name.
+      const alt = new DockerProvider({ config: testDockerConfig({ runtime: 'io.containerd.runc.v2' }) });
+      expect((await alt.health()).healthy).toBe(true);
+      expect(alt.capabilities.features).toContain('runtime:io.containerd.runc.v2');
+      const { runtimeId } = await alt.spawn(testSpawnSpec());
+      spawned.push(runtimeId);
+      expect((await docker.getContainer(runtimeId).inspect()).HostConfig.Runtime).toBe('io.containerd.runc.v2');
+      expect((await collect(alt.execStream(runtimeId, req('echo on-alt')))).stdout).toBe('on-alt\n');
+    });
+
     it('lets a fresh provider (a restarted server) adopt running containers from labels', async () => {
       const restarted = new DockerProvider({ config: testDockerConfig() });
       const inv = await restarted.inventory();

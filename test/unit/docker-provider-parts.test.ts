@@ -5,7 +5,7 @@ import { dockerConnectionOptions, redactDockerConfig } from '../../src/providers
 
 const DOCKER_DEFAULTS = defaultConfig().providers.docker;
 import { demuxDockerStream, type DemuxedChunk } from '../../src/providers/docker/demux.js';
-import { imageReference, normalizeRegistry, registryOf } from '../../src/providers/docker/provider.js';
+import { imageReference, normalizeRegistry, registryOf, runtimeIsolation } from '../../src/providers/docker/provider.js';
 
 const frame = (type: number, payload: string | Buffer): Buffer => {
   const data = typeof payload === 'string' ? Buffer.from(payload) : payload;
@@ -95,5 +95,12 @@ describe('registryOf / normalizeRegistry', () => {
     expect(normalizeRegistry('')).toBe('docker.io');
     expect(normalizeRegistry('Registry.Example.com:5000')).toBe('registry.example.com:5000');
     expect(normalizeRegistry('https://ghcr.io/')).toBe('ghcr.io');
+  });
+});
+
+describe('runtimeIsolation', () => {
+  it('claims vm only for VM-backed runtimes', () => {
+    for (const r of ['runc', 'io.containerd.runc.v2', 'runsc', 'crun']) expect(runtimeIsolation(r)).toBe('container');
+    for (const r of ['kata-runtime', 'kata-qemu', 'io.containerd.kata.v2', 'kata-fc']) expect(runtimeIsolation(r)).toBe('vm');
   });
 });

@@ -189,6 +189,14 @@ export function normalizeRegistry(address: string): string {
   return host === '' || host === 'index.docker.io' || host === 'registry-1.docker.io' ? DOCKER_HUB : host;
 }
 
+/**
+ * Only VM-backed runtimes (Kata, Firecracker) claim `vm`; runc and gVisor's runsc are container
+ * runtimes (runsc with a user-space kernel, named in the `runtime:` feature flag).
+ */
+export function runtimeIsolation(runtime: string): 'container' | 'vm' {
+  return /kata|firecracker|fc-|qemu|clh/i.test(runtime) ? 'vm' : 'container';
+}
+
 /** `''`, `root`, `0`, `0:0`, `root:root` … all run as uid 0. */
 function isRootUser(user: string): boolean {
   const name = user.split(':')[0] ?? '';
@@ -240,7 +248,7 @@ export class DockerProvider implements Provider {
     this.docker = options.docker ?? new Docker(dockerConnectionOptions(options.config.socket));
     this.seccompOpt = DockerProvider.seccompOption(options.config.seccompProfile);
     this.capabilities = {
-      isolation: options.config.runtime === 'runc' ? 'container' : 'vm',
+      isolation: runtimeIsolation(options.config.runtime),
       features: [
         'memory_limit',
         'cpu_limit',
