@@ -539,7 +539,7 @@ export class DockerProvider implements Provider {
       clearTimeout(timer);
       if (killing !== null) await killing;
       if (timedOut) throw timeoutError(`command exceeded its ${request.timeoutMs} ms timeout and was killed`);
-      if (aborted) throw signal?.reason instanceof Error ? signal.reason : new StacyError('bad_request', 'exec aborted');
+      if (aborted) throw signal?.reason instanceof Error ? signal.reason : badRequest('exec aborted');
       let exitCode = await this.execExitCode(exec, runtimeId);
       if (failedStart && !internal) {
         // Docker says 126 for every start failure; tell a missing workdir (not_found) from a
@@ -691,12 +691,21 @@ export class DockerProvider implements Provider {
       }
       const put = async (): Promise<void> => {
         const tar = pack();
+        const source = body();
         const entry = tar.entry({ name, size, mode: mode & 0o7777, mtime: new Date(), type: 'file' });
-        const feeding = pipeline(body(), entry).then(() => tar.finalize());
+        const feeding = pipeline(source, entry).then(() => tar.finalize());
         feeding.catch((err: unknown) => tar.destroy(err as Error));
-        // copyUIDGID: the file belongs to the container's user, so commands can modify it.
-        await container.putArchive(tar as unknown as NodeJS.ReadableStream, { path: dir, noOverwriteDirNonDir: true, copyUIDGID: true });
-        await feeding;
+        try {
+          // copyUIDGID: the file belongs to the container's user, so commands can modify it.
+          await container.putArchive(tar as unknown as NodeJS.ReadableStream, { path: dir, noOverwriteDirNonDir: true, copyUIDGID: true });
+          await feeding;
+        } catch (err) {
+          // The daemon refused before reading everything: release the source (a file handle
+          // on the spool) instead of leaving the pipeline waiting forever.
+          source.destroy();
+          tar.destroy();
+          throw err;
+        }
       };
       try {
         await put();
