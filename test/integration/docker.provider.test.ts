@@ -365,6 +365,16 @@ describe.skipIf(!supported)('docker provider (real dockerd)', () => {
       await expectCode(provider.deleteFile(rt, '/workspace/odd', true), 'not_found');
     });
 
+    it('lets a reader stop early without wedging later operations', async () => {
+      await provider.writeFile(rt, '/workspace/early.bin', Buffer.alloc(8 * 1024 * 1024, 1));
+      for (let i = 0; i < 5; i++) {
+        const stream = await provider.readFile(rt, '/workspace/early.bin');
+        for await (const _chunk of stream) break;
+      }
+      expect((await readAll(await provider.readFile(rt, '/workspace/early.bin'))).length).toBe(8 * 1024 * 1024);
+      await provider.deleteFile(rt, '/workspace/early.bin', false);
+    });
+
     it('streams a 100 MB file in and out without corrupting it', async () => {
       const size = 100 * 1024 * 1024;
       const chunk = randomBytes(1024 * 1024);

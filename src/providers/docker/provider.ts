@@ -777,6 +777,8 @@ export class DockerProvider implements Provider {
         }
         settled = true;
         if (header.type === 'file' || header.type === 'contiguous-file') {
+          // Errors surface on `out` (a destroyed reader) or on the extractor; not twice here.
+          entry.on('error', () => undefined);
           entry.pipe(out);
           entry.on('end', next);
           resolve({ kind: 'file', stream: out });
@@ -795,12 +797,20 @@ export class DockerProvider implements Provider {
           reject(providerError(`docker: bad archive stream: ${err.message}`, err));
         } else out.destroy(err);
       });
+      let drained = false;
       ex.on('finish', () => {
+        drained = true;
         if (!settled) {
           settled = true;
           reject(providerError('docker: empty archive stream'));
         }
         out.end();
+      });
+      // A reader that stops early (destroys the stream) must not leave the daemon connection open.
+      out.once('close', () => {
+        if (drained) return;
+        (archive as unknown as { destroy?: () => void }).destroy?.();
+        ex.destroy();
       });
       archive.on('error', (err: Error) => ex.destroy(err));
       archive.pipe(ex);
