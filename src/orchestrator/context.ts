@@ -27,7 +27,7 @@ export const HEALTH_TIMEOUT_MS = 5_000;
 /** States in which commands and file operations reach the runtime. */
 export const OPERABLE_STATES: readonly SandboxState[] = ['running', 'unhealthy'];
 
-export interface HealthEntry {
+interface HealthEntry {
   health: ProviderHealth;
   lastChecked: number;
 }

@@ -14,7 +14,7 @@ import { HEALTH_TIMEOUT_MS, OPERABLE_STATES, type OrchestratorContext } from './
 import type { SandboxLifecycle } from './lifecycle.js';
 
 /** Runtime status probes per background pass: a fleet of any size costs a bounded amount per pass. */
-export const RUNTIME_CHECKS_PER_PASS = 32;
+const RUNTIME_CHECKS_PER_PASS = 32;
 
 /** The state reason of a sandbox whose runtime the background pass found stopped. */
 const RUNTIME_STOPPED = 'runtime stopped';

@@ -115,7 +115,7 @@ export class Observability {
         version: this.ctx.version,
         uptimeMs: this.ctx.clock.now() - this.ctx.startedAt,
         scheduler: this.ctx.lastScheduler,
-        workers: workerCounts(workers, workers),
+        workers: workerCounts(workers),
         leases: { ...leaseCounts(leases, storeNow), byHolder },
         sandboxes: {
           total: all.length,
@@ -135,7 +135,7 @@ export class Observability {
     return this.ctx.op('metrics', async () => {
       const { workers, leases, storeNow, all } = await this.snapshot();
       const active = all.filter((r) => ACTIVE_SANDBOX_STATES.includes(r.state));
-      const { items: _items, ...workerTotals } = workerCounts(workers, workers);
+      const { items: _items, ...workerTotals } = workerCounts(workers);
       return {
         uptimeMs: this.ctx.clock.now() - this.ctx.startedAt,
         operations: this.ctx.metricsRecorder.summary(),
@@ -151,7 +151,7 @@ export class Observability {
     return this.ctx.op('prometheus', async () => {
       const { workers, leases, storeNow, all } = await this.snapshot();
       const active = all.filter((r) => ACTIVE_SANDBOX_STATES.includes(r.state));
-      const { items: _items, ...workerTotals } = workerCounts(workers, workers);
+      const { items: _items, ...workerTotals } = workerCounts(workers);
       const byWorker = countBy(active, (r) => r.workerId ?? 'unassigned');
       // Every registered worker gets a series, also at zero, so dashboards see idle workers.
       for (const w of workers) byWorker[w.id] ??= 0;
@@ -179,13 +179,13 @@ function countBy<T>(rows: readonly T[], key: (row: T) => string): Record<string,
   return out;
 }
 
-function workerCounts(all: WorkerView[], items: WorkerView[]): Diagnostics['workers'] {
+function workerCounts(workers: WorkerView[]): Diagnostics['workers'] {
   return {
-    total: all.length,
-    online: all.filter((w) => w.status === 'online' && !w.stale).length,
-    stale: all.filter((w) => w.stale).length,
-    unhealthy: all.filter((w) => w.status === 'unhealthy').length,
-    items,
+    total: workers.length,
+    online: workers.filter((w) => w.status === 'online' && !w.stale).length,
+    stale: workers.filter((w) => w.stale).length,
+    unhealthy: workers.filter((w) => w.status === 'unhealthy').length,
+    items: workers,
   };
 }
 

@@ -27,7 +27,6 @@ import { TemplatesAndQuotas } from './templates-quotas.js';
 import { WorkerRegistry } from './worker-registry.js';
 
 export type { OrchestratorLogger, OrchestratorOptions } from './options.js';
-export { RUNTIME_CHECKS_PER_PASS } from './maintenance.js';
 
 export type Orchestrator = SandboxService & {
   /** Reconciles the store with the providers, then starts the TTL reaper and lease keeper. */
