@@ -63,6 +63,8 @@ export async function buildApp(options: BuildAppOptions): Promise<FastifyInstanc
     req.log.debug({ method: req.method, url: req.url, status: reply.statusCode, ms: Math.round(reply.elapsedTime) }, 'request');
   });
 
+  installCors(app, config.server.corsAllowedOrigins);
+
   const ctx: ApiContext = { service, config, workerAuth: options.workerAuth, startedAt: Date.now() };
 
   await app.register(swagger, {
@@ -148,5 +150,31 @@ function installJsonForAnyContentType(app: FastifyInstance): void {
       err.statusCode = 400;
       done(err, undefined);
     }
+  });
+}
+
+/**
+ * CORS for browser clients: only origins in `server.cors_allowed_origins` (or `*`) get the
+ * headers; preflights are answered before authentication, as browsers send no credentials.
+ */
+function installCors(app: FastifyInstance, allowed: readonly string[]): void {
+  if (allowed.length === 0) return;
+  const any = allowed.includes('*');
+  const permitted = (origin: string | undefined): origin is string => origin !== undefined && (any || allowed.includes(origin));
+  app.addHook('onRequest', async (req, reply) => {
+    const origin = req.headers.origin;
+    if (!permitted(origin)) return;
+    reply.header('access-control-allow-origin', origin);
+    reply.header('vary', 'Origin');
+    reply.header('access-control-expose-headers', 'X-Request-ID, Retry-After');
+  });
+  app.options(`${API_PREFIX}/*`, { schema: { hide: true } }, async (req, reply) => {
+    if (!permitted(req.headers.origin)) return reply.code(204).send();
+    return reply
+      .code(204)
+      .header('access-control-allow-methods', 'GET, POST, PUT, DELETE, OPTIONS')
+      .header('access-control-allow-headers', 'Content-Type, X-API-Key, X-Admin-API-Key, X-User-ID, X-Request-ID')
+      .header('access-control-max-age', '600')
+      .send();
   });
 }

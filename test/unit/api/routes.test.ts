@@ -235,3 +235,17 @@ describe('templates, providers, workers, quotas, system', () => {
     expect((await app.inject({ method: 'GET', url: '/api/v1/admin/quotas/summary' })).json()).toMatchObject({ total: 1 });
   });
 });
+
+describe('cors', () => {
+  it('answers preflights and tags responses only for allowed origins', async () => {
+    const { app } = await make({ server: { corsAllowedOrigins: ['https://app.example'] } });
+    const pre = await app.inject({ method: 'OPTIONS', url: '/api/v1/sandboxes', headers: { origin: 'https://app.example', 'access-control-request-method': 'POST' } });
+    expect(pre.statusCode).toBe(204);
+    expect(pre.headers['access-control-allow-origin']).toBe('https://app.example');
+    expect(pre.headers['access-control-allow-headers']).toContain('X-API-Key');
+    const get = await app.inject({ method: 'GET', url: '/api/v1/sandboxes', headers: { origin: 'https://app.example' } });
+    expect(get.headers['access-control-allow-origin']).toBe('https://app.example');
+    const other = await app.inject({ method: 'GET', url: '/api/v1/sandboxes', headers: { origin: 'https://evil.example' } });
+    expect(other.headers['access-control-allow-origin']).toBeUndefined();
+  });
+});
