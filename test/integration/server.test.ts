@@ -115,6 +115,31 @@ describe('quick start over HTTP', () => {
   });
 });
 
+describe('events', () => {
+  it('streams lifecycle events as SSE', async () => {
+    const abort = new AbortController();
+    const timer = setTimeout(() => abort.abort(), 20_000);
+    try {
+      const res = await fetch(`${server.api}/events`, { signal: abort.signal });
+      expect(res.headers.get('content-type')).toContain('text/event-stream');
+      const reader = (res.body as ReadableStream<Uint8Array>).getReader();
+      const decoder = new TextDecoder();
+      let text = decoder.decode((await reader.read()).value);
+      const id = (await call('POST', `${server.api}/sandboxes`, {})).body.id as string;
+      while (!text.includes(`"sandbox_id":"${id}"`)) text += decoder.decode((await reader.read()).value);
+      const frame = text.split('\n\n').find((f) => f.includes(id)) ?? '';
+      expect(frame).toContain('event: sandbox.spawned');
+      const data = JSON.parse(/^data: (.*)$/m.exec(frame)?.[1] ?? '{}');
+      expect(data).toMatchObject({ type: 'sandbox.spawned', sandbox_id: id });
+      expect(data.time).toMatch(/^\d{4}-\d{2}-\d{2}T/);
+      await reader.cancel();
+      await call('DELETE', `${server.api}/sandboxes/${id}`);
+    } finally {
+      clearTimeout(timer);
+    }
+  });
+});
+
 describe('workers and metrics', () => {
   it('lists the local worker online and not stale', async () => {
     const list = await call('GET', `${server.api}/workers`);
