@@ -7,6 +7,7 @@ import addFormats from 'ajv-formats';
 import Fastify, { LogController, type FastifyInstance, type FastifyRequest } from 'fastify';
 import swagger from '@fastify/swagger';
 import type { FastifyBaseLogger } from 'fastify';
+import { StacyError } from '../core/errors.js';
 import { newId } from '../core/ids.js';
 import { VERSION } from '../core/version.js';
 import type { Config } from '../config/types.js';
@@ -65,7 +66,11 @@ export async function buildApp(options: BuildAppOptions): Promise<FastifyInstanc
 
   installCors(app, config.server.corsAllowedOrigins);
 
-  const ctx: ApiContext = { service, config, workerAuth: options.workerAuth, startedAt: Date.now() };
+  const ctx: ApiContext = { service, config, workerAuth: options.workerAuth, startedAt: Date.now(), streams: new Set(), closing: false };
+  app.addHook('preClose', async () => {
+    ctx.closing = true;
+    for (const stream of ctx.streams) stream.abort(new StacyError('unavailable', 'the server is shutting down'));
+  });
 
   await app.register(swagger, {
     openapi: {

@@ -10,6 +10,10 @@ export interface ApiContext {
   config: Config;
   workerAuth: WorkerAuth | undefined;
   startedAt: number;
+  /** Running exec streams, aborted when the server shuts down so close() never waits on them. */
+  streams: Set<AbortController>;
+  /** Set once shutdown begins. */
+  closing: boolean;
 }
 
 declare module 'fastify' {

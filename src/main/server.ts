@@ -19,6 +19,9 @@ import { LocalWorker } from '../worker/local-worker.js';
 import { WorkerAuthenticator } from '../workerproto/tokens.js';
 import { buildProviders } from './providers.js';
 
+/** How long in-flight HTTP requests may take to finish once shutdown begins. */
+const HTTP_DRAIN_MS = 10_000;
+
 export interface RunningServer {
   /** Base URL the API listens on, e.g. http://127.0.0.1:7423. */
   url: string;
@@ -45,13 +48,14 @@ export function createLogger(config: Config): Logger {
  */
 export async function startServer(config: Config, options: { logger?: Logger } = {}): Promise<RunningServer> {
   const logger = options.logger ?? createLogger(config);
-  const undo: (() => Promise<void>)[] = [];
+  const undo: { name: string; run: () => Promise<void> }[] = [];
   const unwind = async () => {
     for (const step of undo.reverse()) {
       try {
-        await step();
+        logger.debug({ step: step.name }, 'shutdown step');
+        await step.run();
       } catch (err) {
-        logger.error({ err }, 'shutdown step failed');
+        logger.error({ err, step: step.name }, 'shutdown step failed');
       }
     }
     undo.length = 0;
@@ -63,11 +67,11 @@ export async function startServer(config: Config, options: { logger?: Logger } =
       await mkdir(dirname(config.database.path), { recursive: true });
     }
     const store = openStore({ driver: config.database.driver, path: config.database.path, dsn: config.database.dsn });
-    undo.push(() => store.close());
+    undo.push({ name: 'store', run: () => store.close() });
     await store.migrate();
 
     const registry = await buildProviders(config, logger);
-    undo.push(() => registry.closeAll());
+    undo.push({ name: 'providers', run: () => registry.closeAll() });
 
     const orchestrator = createOrchestrator({
       config,
@@ -93,10 +97,10 @@ export async function startServer(config: Config, options: { logger?: Logger } =
     });
     // Registered before reconcile so placement and adoption see a fresh local worker.
     await localWorker.start();
-    undo.push(() => localWorker.stop());
+    undo.push({ name: 'local_worker', run: () => localWorker.stop() });
 
     await orchestrator.start();
-    undo.push(() => orchestrator.stop());
+    undo.push({ name: 'orchestrator', run: () => orchestrator.stop() });
 
     const authenticator = new WorkerAuthenticator(config.auth, systemClock);
     const workerAuth: WorkerAuth = {
@@ -107,7 +111,18 @@ export async function startServer(config: Config, options: { logger?: Logger } =
     };
 
     const app = await buildApp({ service: orchestrator, config, logger: logger.child({ component: 'api' }), workerAuth });
-    undo.push(() => app.close());
+    undo.push({
+      name: 'http',
+      run: async () => {
+        // In-flight requests get a grace period; a client that never hangs up cannot stall shutdown.
+        const timer = setTimeout(() => app.server.closeAllConnections(), HTTP_DRAIN_MS);
+        try {
+          await app.close();
+        } finally {
+          clearTimeout(timer);
+        }
+      },
+    });
     const address = await app.listen({ host: config.server.host, port: config.server.port });
     const url = address.replace('[::1]', '127.0.0.1');
     logger.info({ url, version: VERSION, providers: registry.names(), default_provider: registry.defaultName, worker_id: config.worker.id }, `stacyvm listening on ${url}`);

@@ -40,7 +40,7 @@ export function serverEnv(dataDir: string, extra: Record<string, string> = {}): 
     STACYVM_PROVIDERS_DEFAULT: 'mock',
     STACYVM_PROVIDERS_OCI_ENABLED: 'false',
     STACYVM_PROVIDERS_DOCKER_ENABLED: 'false',
-    STACYVM_LOGGING_LEVEL: 'info',
+    STACYVM_LOGGING_LEVEL: process.env.STACYVM_TEST_LOG_LEVEL ?? 'info',
     STACYVM_LOGGING_FORMAT: 'json',
     ...extra,
   };

@@ -3,6 +3,7 @@
  * worker registry across a clean stop, Prometheus exposition and the CLI's exit codes.
  */
 import { execFile } from 'node:child_process';
+import { request as httpRequest } from 'node:http';
 import { promisify } from 'node:util';
 import { join } from 'node:path';
 import parsePrometheusTextFormat from 'parse-prometheus-text-format';
@@ -12,6 +13,12 @@ import { CLI, type ServerProcess, call, removeDir, startServerProcess } from './
 
 const run = promisify(execFile);
 let server: ServerProcess;
+
+/** How many host processes run exactly `sleep <marker>` (mock commands are host processes). */
+async function sleepers(marker: string): Promise<number> {
+  const { stdout } = await run('ps', ['-eo', 'args=']);
+  return stdout.split('\n').filter((l) => l.trim() === `sleep ${marker}`).length;
+}
 
 beforeAll(async () => {
   server = await startServerProcess();
@@ -86,6 +93,24 @@ describe('quick start over HTTP', () => {
     const last = lines.at(-1);
     expect(last).toMatchObject({ stream: 'exit', data: '', exit_code: 3 });
     expect(typeof last.duration).toBe('string');
+    await call('DELETE', `${server.api}/sandboxes/${id}`);
+  });
+
+  it('kills the command when the streaming client disconnects', async () => {
+    const id = (await call('POST', `${server.api}/sandboxes`, {})).body.id as string;
+    const marker = `${58 + Math.floor(Math.random() * 1000) / 1000}`;
+    // A plain socket that is destroyed outright: an unambiguous client disconnect.
+    const req = httpRequest(`${server.api}/sandboxes/${id}/exec`, { method: 'POST', headers: { 'content-type': 'application/json' } });
+    const firstChunk = new Promise<string>((resolve, reject) => {
+      req.on('response', (res) => res.once('data', (d: Buffer) => resolve(d.toString())));
+      req.on('error', reject);
+    });
+    req.end(JSON.stringify({ command: `echo started; exec sleep ${marker}`, stream: true }));
+    expect(await firstChunk).toContain('started');
+    expect(await sleepers(marker)).toBe(1);
+    req.destroy();
+    for (let i = 0; i < 100 && (await sleepers(marker)) > 0; i++) await new Promise((r) => setTimeout(r, 100));
+    expect(await sleepers(marker)).toBe(0);
     await call('DELETE', `${server.api}/sandboxes/${id}`);
   });
 
@@ -208,7 +233,28 @@ describe('clean stop', () => {
     const own = await startServerProcess();
     try {
       expect((await call('GET', `${own.api}/workers/local`)).body.status).toBe('online');
-      expect(await own.stop()).toBe(0);
+      // A command still streaming at shutdown is ended with a final error line, not waited on.
+      const id = (await call('POST', `${own.api}/sandboxes`, {})).body.id as string;
+      const marker = `${57 + Math.floor(Math.random() * 1000) / 1000}`;
+      const res = await fetch(`${own.api}/sandboxes/${id}/exec`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ command: `echo started; exec sleep ${marker}`, stream: true }),
+        signal: AbortSignal.timeout(30_000),
+      });
+      const reader = (res.body as ReadableStream<Uint8Array>).getReader();
+      const decoder = new TextDecoder();
+      let text = decoder.decode((await reader.read()).value);
+      expect(text).toContain('started');
+      const stopped = own.stop();
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        text += decoder.decode(value, { stream: true });
+      }
+      expect(await stopped).toBe(0);
+      expect(JSON.parse(text.trim().split('\n').at(-1) as string)).toMatchObject({ stream: 'error', code: 'unavailable' });
+      expect(await sleepers(marker)).toBe(0);
       const store = openStore({ driver: 'sqlite', path: join(own.dataDir, 'stacyvm.db') });
       try {
         const rec = await store.getWorker('local');

@@ -140,6 +140,7 @@ function errorLine(err: unknown): string {
  */
 async function streamExec(req: FastifyRequest<{ Params: { id: string } }>, reply: FastifyReply, ctx: ApiContext, call: ExecCall): Promise<FastifyReply> {
   const abort = new AbortController();
+  ctx.streams.add(abort);
   const iterator = ctx.service.execStream(req.params.id, call, callerOf(req), abort.signal)[Symbol.asyncIterator]();
   const first = iterator.next();
   let timer: NodeJS.Timeout | undefined;
@@ -149,6 +150,9 @@ async function streamExec(req: FastifyRequest<{ Params: { id: string } }>, reply
   let early: IteratorResult<ExecEvent> | 'grace';
   try {
     early = await Promise.race([first, grace]);
+  } catch (err) {
+    ctx.streams.delete(abort);
+    throw err;
   } finally {
     clearTimeout(timer);
   }
@@ -163,11 +167,12 @@ async function streamExec(req: FastifyRequest<{ Params: { id: string } }>, reply
         next = await iterator.next();
       }
     } catch (err) {
-      if (!abort.signal.aborted) {
-        if (!isStacyError(err)) req.log.error({ err }, 'exec stream failed');
-        yield errorLine(err);
-      }
+      if (!isStacyError(err) && !abort.signal.aborted) req.log.error({ err }, 'exec stream failed');
+      // A shutdown abort still tells the client why its stream ends.
+      const reason: unknown = abort.signal.aborted ? abort.signal.reason : err;
+      if (!abort.signal.aborted || isStacyError(reason)) yield errorLine(reason);
     } finally {
+      ctx.streams.delete(abort);
       await iterator.return?.();
     }
   }
@@ -175,6 +180,11 @@ async function streamExec(req: FastifyRequest<{ Params: { id: string } }>, reply
   const body = Readable.from(lines(), { objectMode: false });
   reply.raw.on('close', () => {
     if (!reply.raw.writableFinished) abort.abort();
+  });
+  // During shutdown the connection is not kept alive for another request: close waits on it.
+  const socket = reply.raw.socket;
+  reply.raw.on('finish', () => {
+    if (ctx.closing) socket?.destroySoon();
   });
   return reply.code(200).header('content-type', 'application/x-ndjson').header('cache-control', 'no-store').header('x-accel-buffering', 'no').send(body);
 }
