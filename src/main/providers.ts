@@ -7,6 +7,7 @@
 import type { Logger } from 'pino';
 import type { Config } from '../config/types.js';
 import { StacyError } from '../core/errors.js';
+import { DockerProvider } from '../providers/docker/index.js';
 import { MockProvider, mockRootFrom } from '../providers/mock/mock-provider.js';
 import type { Provider } from '../providers/provider.js';
 import { ProviderRegistry } from '../providers/registry.js';
@@ -24,10 +25,17 @@ const FACTORIES: Partial<Record<ProviderName, ProviderFactory>> = {
     enabled: (c) => c.providers.mock.enabled,
     build: async (c) => new MockProvider({ root: mockRootFrom(c) }),
   },
+  docker: {
+    enabled: (c) => c.providers.docker.enabled,
+    build: async (c, log) => new DockerProvider({ config: c.providers.docker, log }),
+  },
 };
 
-/** Preference order when `providers.default` is `auto`. */
-const AUTO_ORDER: readonly ProviderName[] = ['oci', 'mock'];
+/**
+ * Preference order when `providers.default` is `auto`: real isolation first. docker only
+ * counts when it is explicitly enabled (it is off by default) and its daemon answers.
+ */
+const AUTO_ORDER: readonly ProviderName[] = ['oci', 'docker', 'mock'];
 
 /**
  * Builds every enabled provider into a registry with its default set. Throws `bad_request`
