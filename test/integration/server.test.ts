@@ -228,6 +228,33 @@ describe('CLI against the running server', () => {
   });
 });
 
+describe('serve refuses to start on bad configuration', () => {
+  it('lists every config problem and exits 2; a taken port is a one-line error', async () => {
+    const env: Record<string, string> = {};
+    for (const [k, v] of Object.entries(process.env)) if (v !== undefined && !k.startsWith('STACYVM_')) env[k] = v;
+    const bad = await run(process.execPath, [CLI, 'serve'], {
+      env: { ...env, STACYVM_SERVER_PORT: 'abc', STACYVM_DEFAULTS_TTL: '10 minutes', STACYVM_DATA_DIR: server.dataDir },
+      timeout: 30_000,
+    }).then(
+      () => ({ code: 0, stderr: '' }),
+      (e: { code: number; stderr: string }) => ({ code: e.code, stderr: e.stderr }),
+    );
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toContain('server.port');
+    expect(bad.stderr).toContain('defaults.ttl');
+    const port = new URL(server.url).port;
+    const taken = await run(process.execPath, [CLI, 'serve'], {
+      env: { ...env, STACYVM_SERVER_PORT: port, STACYVM_DATA_DIR: `${server.dataDir}/second`, STACYVM_DATABASE_PATH: `${server.dataDir}/second/db.sqlite`, STACYVM_PROVIDERS_OCI_ENABLED: 'false', STACYVM_PROVIDERS_DEFAULT: 'mock', STACYVM_LOGGING_LEVEL: 'silent' },
+      timeout: 30_000,
+    }).then(
+      () => ({ code: 0, stderr: '' }),
+      (e: { code: number; stderr: string }) => ({ code: e.code, stderr: e.stderr }),
+    );
+    expect(taken.code).not.toBe(0);
+    expect(taken.stderr.trim()).toMatch(/^error: .*EADDRINUSE/);
+  });
+});
+
 describe('clean stop', () => {
   it('marks the local worker offline on SIGTERM', async () => {
     const own = await startServerProcess();
