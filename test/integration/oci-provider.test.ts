@@ -1,4 +1,7 @@
+import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { isStacyError } from '../../src/core/errors.js';
@@ -146,6 +149,19 @@ describe.skipIf(!supported)('oci provider', () => {
     expect(mine).toMatchObject({ status: 'running', workerId: 'local', ownerId: 'owner-1' });
     const again = fx.makeProvider({});
     expect((await run(again, id, { command: 'echo still here' })).stdout).toBe('still here\n');
+  });
+
+  it('a runtime whose container died is stopped, refuses exec with conflict, and destroys cleanly', async () => {
+    const rt = (await fx.provider.spawn(spawnSpec())).runtimeId;
+    execFileSync('runc', ['--root', join(fx.config.root, 'runc-state'), 'kill', rt, 'KILL']);
+    for (let i = 0; i < 100 && (await fx.provider.status(rt)) === 'running'; i++) await new Promise((r) => setTimeout(r, 50));
+    expect(await fx.provider.status(rt)).toBe('stopped');
+    await expect(run(fx.provider, rt, { command: 'true' })).rejects.toSatisfy((e: unknown) => isStacyError(e, 'conflict'));
+    await expect(fx.provider.stat(rt, '/')).rejects.toSatisfy((e: unknown) => isStacyError(e, 'conflict'));
+    await fx.provider.destroy(rt);
+    expect(await fx.provider.status(rt)).toBe('missing');
+    expect(existsSync(join(fx.config.root, 'bundles', rt))).toBe(false);
+    expect(existsSync(`/sys/fs/cgroup/pids/stacyvm/${rt}`)).toBe(false);
   });
 
   it('unknown runtimes are missing / not_found; destroy is idempotent', async () => {

@@ -269,12 +269,15 @@ export class OciProvider implements Provider {
     await rm(bundle, { recursive: true, force: true });
   }
 
-  private async requireRunning(runtimeId: string): Promise<RuntimeMeta> {
-    const meta = await this.meta(runtimeId);
+  /**
+   * Why a process could not be started, when runc refused before it ran: the runtime is gone
+   * (`not_found`) or not running (`conflict`). Null when the container is running.
+   */
+  private async notRunningError(runtimeId: string): Promise<StacyError | null> {
     const st = await this.runcState(runtimeId);
-    if (!st) throw notFound('runtime', runtimeId);
-    if (st.status !== 'running') throw new StacyError('conflict', `runtime ${runtimeId} is ${st.status}`);
-    return meta;
+    if (!st) return notFound('runtime', runtimeId);
+    if (st.status !== 'running') return new StacyError('conflict', `runtime ${runtimeId} is ${st.status}`);
+    return null;
   }
 
   /** Starts a process in the container; stdout/stderr are pipes, stdin is a pipe or /dev/null. */
@@ -282,7 +285,7 @@ export class OciProvider implements Provider {
     meta: RuntimeMeta,
     proc: { args: string[]; env: string[]; cwd: string; uid: number; gid: number; caps: string[] },
     stdin: boolean,
-  ): Promise<{ child: ReturnType<typeof spawn>; pidFile: string; cleanup: () => Promise<void> }> {
+  ): Promise<{ child: ReturnType<typeof spawn>; pidFile: string; started: () => boolean; cleanup: () => Promise<void> }> {
     const bundle = this.bundleOf(meta.runtimeId);
     const tag = randomBytes(6).toString('hex');
     const processFile = join(bundle, `exec-${tag}.json`);
@@ -307,18 +310,19 @@ export class OciProvider implements Provider {
       await rm(processFile, { force: true });
       await rm(pidFile, { force: true });
     };
-    return { child, pidFile, cleanup };
+    // runc writes the pid file once the process runs; without it runc refused to start it.
+    return { child, pidFile, started: () => existsSync(pidFile), cleanup };
   }
 
   async *execStream(runtimeId: string, request: ExecRequest, signal?: AbortSignal): AsyncIterable<ExecEvent> {
-    const meta = await this.requireRunning(runtimeId);
+    const meta = await this.meta(runtimeId);
     const args =
       request.mode === 'shell'
         ? ['/bin/sh', '-c', [request.command, ...request.args.map(shellQuote)].join(' ')]
         : [request.command, ...request.args];
     if (args[0] === undefined || args[0] === '') throw badRequest('command is required');
     const started = Date.now();
-    const { child, pidFile, cleanup } = await this.startProcess(
+    const { child, pidFile, started: didStart, cleanup } = await this.startProcess(
       meta,
       { args, env: mergeEnv(meta.env, request.env), cwd: request.workdir ?? '/workspace', uid: meta.uid, gid: meta.gid, caps: meta.caps },
       false,
@@ -336,10 +340,17 @@ export class OciProvider implements Provider {
     child.on('close', (code, sig) => {
       exited = true;
       let exitCode = code ?? 128 + (sig ? 9 : 0);
-      // runc reports a command it could not start as 255; shells report that as 127.
-      if (exitCode === 255 && /exec failed: .*(executable file not found|no such file or directory)/.test(stderrTail)) exitCode = 127;
-      queue.push({ type: 'exit', exitCode, durationMs: Date.now() - started });
-      queue.end();
+      const finish = (): void => {
+        queue.push({ type: 'exit', exitCode, durationMs: Date.now() - started });
+        queue.end();
+      };
+      if (exitCode === 0 || didStart()) return finish();
+      void this.notRunningError(runtimeId).then((err) => {
+        if (err) return queue.fail(err);
+        // runc reports a command it could not start as 255; shells report that as 127.
+        if (exitCode === 255 && /exec failed: .*(executable file not found|no such file or directory)/.test(stderrTail)) exitCode = 127;
+        finish();
+      });
     });
     const killTree = async (): Promise<void> => {
       if (exited) return;
@@ -363,7 +374,7 @@ export class OciProvider implements Provider {
         await killTree();
         await waitForExit(child, 5000);
       }
-      await cleanup();
+      void cleanup();
     }
   }
 
@@ -412,8 +423,8 @@ export class OciProvider implements Provider {
     args: string[],
     stdin?: Buffer | Readable,
   ): Promise<{ stdout: Buffer; code: number; stderr: string }> {
-    const meta = await this.requireRunning(runtimeId);
-    const { child, cleanup } = await this.startProcess(
+    const meta = await this.meta(runtimeId);
+    const { child, started, cleanup } = await this.startProcess(
       meta,
       { args: [B, 'sh', '-c', `B=${B}; ${script}`, 'sh', ...args], env: ['PATH=/nonexistent'], cwd: '/', uid: meta.uid, gid: meta.gid, caps: [] },
       stdin !== undefined,
@@ -431,7 +442,15 @@ export class OciProvider implements Provider {
     const code = await new Promise<number>((resolve, reject) => {
       child.on('error', reject);
       child.on('close', (c) => resolve(c ?? 1));
-    }).finally(cleanup);
+    });
+    if (code !== 0 && !started()) {
+      const e = await this.notRunningError(runtimeId);
+      if (e) {
+        void cleanup();
+        throw e;
+      }
+    }
+    void cleanup();
     return { stdout: Buffer.concat(out), code, stderr: err };
   }
 
@@ -452,10 +471,10 @@ export class OciProvider implements Provider {
   }
 
   async readFile(runtimeId: string, path: string): Promise<Readable> {
-    const meta = await this.requireRunning(runtimeId);
+    const meta = await this.meta(runtimeId);
     // One process: a marker byte says the checks passed and the file's bytes follow.
     const script = `B=${B}; [ -e "$1" ] || exit 3; [ -d "$1" ] && exit 4; [ -r "$1" ] || exit 7; printf K; exec $B cat "$1"`;
-    const { child, cleanup } = await this.startProcess(
+    const { child, started, cleanup } = await this.startProcess(
       meta,
       { args: [B, 'sh', '-c', script, 'sh', path], env: ['PATH=/nonexistent'], cwd: '/', uid: meta.uid, gid: meta.gid, caps: [] },
       false,
@@ -463,7 +482,8 @@ export class OciProvider implements Provider {
     let stderr = '';
     child.stderr!.on('data', (d: Buffer) => (stderr = (stderr + d.toString('utf8')).slice(-1000)));
     const closed = new Promise<number>((resolve) => child.on('close', (c) => resolve(c ?? 1)));
-    void closed.finally(cleanup);
+    const wasStarted = closed.then(() => started());
+    void wasStarted.finally(cleanup);
     const stdout = child.stdout!;
     const first = await new Promise<Buffer | null>((resolve) => {
       const onReadable = (): void => {
@@ -480,6 +500,7 @@ export class OciProvider implements Provider {
     });
     if (first === null || first.toString() !== 'K') {
       const code = await closed;
+      if (!(await wasStarted)) throw (await this.notRunningError(runtimeId)) ?? this.fileError(code, path, stderr);
       throw this.fileError(code, path, stderr);
     }
     const out = new PassThrough();
