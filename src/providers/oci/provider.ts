@@ -23,6 +23,7 @@ import type {
   SpawnResult,
   SpawnSpec,
 } from '../provider.js';
+import { allocateAddress, createSandboxNetwork, ensureBridge, parseSubnet, removeSandboxNetwork } from './network.js';
 import { BUSYBOX_IN_CONTAINER, DEFAULT_CAPS, buildRuntimeSpec, capabilitySet } from './spec.js';
 
 const ANNOTATION = {
@@ -46,6 +47,9 @@ interface RuntimeMeta {
   env: string[];
   caps: string[];
   cgroupsPath: string;
+  network: 'none' | 'bridge';
+  /** The sandbox's address on the bridge (bridge mode). */
+  address?: string;
 }
 
 export interface OciProviderOptions {
@@ -80,6 +84,9 @@ export class OciProvider implements Provider {
   private readonly bundlesRoot: string;
   private readonly busybox: string | null;
   private readonly metaCache = new Map<string, RuntimeMeta>();
+  private bridgeReady: Promise<void> | null = null;
+  /** Serialises address allocation so concurrent spawns never pick the same address. */
+  private addressLock: Promise<unknown> = Promise.resolve();
 
   constructor(opts: OciProviderOptions) {
     this.cfg = opts.config;
@@ -89,7 +96,7 @@ export class OciProvider implements Provider {
     this.busybox = opts.busyboxPath ?? findStaticBusybox();
     this.capabilities = {
       isolation: 'container',
-      features: ['memory_limit', 'cpu_limit', 'pids_limit', 'seccomp', 'readonly_rootfs', 'network:none'],
+      features: ['memory_limit', 'cpu_limit', 'pids_limit', 'seccomp', 'readonly_rootfs', 'network:none', 'network:bridge'],
     };
   }
 
@@ -130,6 +137,7 @@ export class OciProvider implements Provider {
       env,
       caps,
       cgroupsPath,
+      network: 'none',
     };
     const annotations: Record<string, string> = {
       [ANNOTATION.sandboxId]: spec.sandboxId,
@@ -139,16 +147,25 @@ export class OciProvider implements Provider {
     };
     if (spec.ownerId !== null) annotations[ANNOTATION.ownerId] = spec.ownerId;
     for (const [k, v] of Object.entries(spec.labels)) annotations[ANNOTATION.labelPrefix + k] = v;
-    const mode = spec.networkMode ?? this.cfg.networkMode;
-    if (mode !== 'none') {
-      throw badRequest(`oci provider: network mode ${JSON.stringify(mode)} is not supported here; use "none"`);
+    const network = spec.networkMode ?? this.cfg.networkMode;
+    if (network !== 'none' && network !== 'bridge') {
+      throw badRequest(`oci provider: unknown network mode ${JSON.stringify(network)} (use "none" or "bridge")`);
     }
+    meta.network = network;
     try {
       for (const d of ['upper', 'work', 'rootfs', 'workspace']) await mkdir(join(bundle, d), { recursive: true, mode: 0o755 });
       await chown(join(bundle, 'workspace'), uid, gid);
       await writeFile(join(bundle, 'hosts'), `127.0.0.1\tlocalhost\n::1\tlocalhost\n127.0.1.1\t${spec.sandboxId}\n`);
       await writeFile(join(bundle, 'hostname'), `${spec.sandboxId}\n`);
-      await writeFile(join(bundle, 'stacyvm.json'), JSON.stringify(meta));
+      let netnsPath: string | undefined;
+      if (network === 'bridge') {
+        await this.ensureBridge();
+        meta.address = await this.allocate(runtimeId, bundle, meta);
+        netnsPath = await createSandboxNetwork(runtimeId, this.cfg.bridgeName, this.cfg.bridgeSubnet, meta.address);
+        await writeFile(join(bundle, 'resolv.conf'), await hostNameservers());
+      } else {
+        await writeFile(join(bundle, 'stacyvm.json'), JSON.stringify(meta));
+      }
       await runTool('mount', [
         '-t',
         'overlay',
@@ -173,6 +190,8 @@ export class OciProvider implements Provider {
         hostnameHostPath: join(bundle, 'hostname'),
         cgroupsPath,
         annotations,
+        netnsPath,
+        resolvConfHostPath: netnsPath ? join(bundle, 'resolv.conf') : undefined,
       });
       await writeFile(join(bundle, 'config.json'), JSON.stringify(config, null, 1));
       await this.startContainer(runtimeId, bundle);
@@ -184,6 +203,35 @@ export class OciProvider implements Provider {
       if (err instanceof StacyError && err.code !== 'provider_error') throw err;
       throw providerError(`oci spawn failed: ${(err as Error).message}${log.length ? `; console: ${log.join(' | ')}` : ''}`, err);
     }
+  }
+
+  private ensureBridge(): Promise<void> {
+    this.bridgeReady ??= ensureBridge(this.cfg.bridgeName, this.cfg.bridgeSubnet).catch((err: unknown) => {
+      this.bridgeReady = null;
+      throw err;
+    });
+    return this.bridgeReady;
+  }
+
+  /** Picks a free bridge address and records it in the bundle before anyone else can pick it. */
+  private allocate(runtimeId: string, bundle: string, meta: RuntimeMeta): Promise<string> {
+    const next = this.addressLock.then(async () => {
+      const used = new Set<string>();
+      for (const d of await readdir(this.bundlesRoot).catch(() => [] as string[])) {
+        if (d === runtimeId) continue;
+        try {
+          const m = JSON.parse(await readFile(join(this.bundlesRoot, d, 'stacyvm.json'), 'utf8')) as RuntimeMeta;
+          if (m.address) used.add(m.address);
+        } catch {
+          // not a runtime bundle
+        }
+      }
+      const address = allocateAddress(parseSubnet(this.cfg.bridgeSubnet), used);
+      await writeFile(join(bundle, 'stacyvm.json'), JSON.stringify({ ...meta, address }));
+      return address;
+    });
+    this.addressLock = next.catch(() => undefined);
+    return next;
   }
 
   /** `runc run --detach` with PID 1's stdout/stderr going to the console log file. */
@@ -265,6 +313,7 @@ export class OciProvider implements Provider {
       if (u.code !== 0) await runTool('umount', ['-l', rootfs], { allowFailure: true });
     }
     if (meta) await removeCgroups(meta.cgroupsPath);
+    await removeSandboxNetwork(runtimeId);
     this.metaCache.delete(runtimeId);
     await rm(bundle, { recursive: true, force: true });
   }
@@ -661,6 +710,16 @@ export class OciProvider implements Provider {
     }
     return out;
   }
+}
+
+/** The host's non-loopback nameservers, for sandboxes with a route out. */
+async function hostNameservers(): Promise<string> {
+  const text = await readFile('/etc/resolv.conf', 'utf8').catch(() => '');
+  const servers = text
+    .split('\n')
+    .map((l) => /^\s*nameserver\s+(\S+)/.exec(l)?.[1])
+    .filter((s): s is string => s !== undefined && !/^(127\.|::1$)/.test(s));
+  return servers.map((s) => `nameserver ${s}\n`).join('');
 }
 
 function normCap(c: string): string {

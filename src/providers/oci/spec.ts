@@ -98,6 +98,7 @@ export interface SpecInput {
   annotations: Record<string, string>;
   /** Network namespace to join (bridge mode); absent = a fresh one with only loopback. */
   netnsPath?: string;
+  resolvConfHostPath?: string;
 }
 
 /**
@@ -133,6 +134,9 @@ export function buildRuntimeSpec(i: SpecInput): Record<string, unknown> {
     { destination: '/etc/hosts', type: 'bind', source: i.hostsHostPath, options: ['rbind', 'ro', 'nosuid', 'nodev', 'noexec'] },
     { destination: '/etc/hostname', type: 'bind', source: i.hostnameHostPath, options: ['rbind', 'ro', 'nosuid', 'nodev', 'noexec'] },
   ];
+  if (i.resolvConfHostPath) {
+    mounts.push({ destination: '/etc/resolv.conf', type: 'bind', source: i.resolvConfHostPath, options: ['rbind', 'ro', 'nosuid', 'nodev', 'noexec'] });
+  }
   if (i.readOnlyRootfs) {
     mounts.push({ destination: '/tmp', type: 'tmpfs', source: 'tmpfs', options: ['nosuid', 'nodev', 'mode=1777', 'size=262144k'] });
   }
@@ -168,7 +172,8 @@ export function buildRuntimeSpec(i: SpecInput): Record<string, unknown> {
         devices: [{ allow: false, access: 'rwm' }],
         memory: { limit: memoryBytes },
         cpu: { quota: Math.max(1000, Math.round(i.vcpus * 100_000)), period: 100_000 },
-        pids: { limit: i.pidsLimit },
+        // 0 means unlimited in config; runc reads a non-positive limit the same way
+        pids: { limit: i.pidsLimit > 0 ? i.pidsLimit : -1 },
       },
       maskedPaths: MASKED_PATHS,
       readonlyPaths: READONLY_PATHS,
