@@ -125,7 +125,7 @@ export class OciProvider implements Provider {
     const { uid, gid } = this.userIds();
     const caps = [...new Set([...DEFAULT_CAPS, ...this.cfg.addedCaps.map(normCap)])];
     const cgroupsPath = `/stacyvm/${runtimeId}`;
-    const env = mergeEnv(image.meta.env, { HOME: uid === 0 ? '/root' : '/workspace', ...spec.env });
+    const env = mergeEnv(image.meta.env, { HOME: uid === 0 ? '/root' : '/workspace', ...spec.env, SANDBOX_ID: spec.sandboxId });
     const meta: RuntimeMeta = {
       runtimeId,
       sandboxId: spec.sandboxId,
@@ -370,6 +370,9 @@ export class OciProvider implements Provider {
         ? ['/bin/sh', '-c', [request.command, ...request.args.map(shellQuote)].join(' ')]
         : [request.command, ...request.args];
     if (args[0] === undefined || args[0] === '') throw badRequest('command is required');
+    if (!(request.timeoutMs > 0)) throw badRequest('timeout must be positive');
+    for (const [k, v] of Object.entries(request.env)) if (v.includes('\0')) throw badRequest(`env ${k}: must not contain NUL bytes`);
+    if ([...args, request.workdir ?? ''].some((a) => a.includes('\0'))) throw badRequest('command, args and workdir must not contain NUL bytes');
     const started = Date.now();
     const { child, pidFile, started: didStart, cleanup } = await this.startProcess(
       meta,
@@ -506,15 +509,17 @@ export class OciProvider implements Provider {
   private fileError(code: number, path: string, stderr: string): StacyError {
     const f = FILE_EXIT[code];
     if (f) return f(path);
-    if (/Permission denied|Read-only file system/.test(stderr)) return new StacyError('forbidden', `permission denied: ${path}`);
+    // Exit 8: a tool failed; its message says why (busybox prints strerror text).
+    if (/Permission denied|Read-only file system|Operation not permitted/.test(stderr)) return new StacyError('forbidden', `permission denied: ${path}`);
+    if (/No such file or directory|Not a directory|File exists|nonexistent directory/.test(stderr)) return notFound('file', path);
     return providerError(`file operation on ${path} failed (exit ${code}): ${stderr.trim().slice(-500)}`);
   }
 
   async writeFile(runtimeId: string, path: string, content: Buffer | Readable, mode?: number): Promise<void> {
-    const chmodPart = mode === undefined ? '' : `; $B chmod ${(mode & 0o7777).toString(8)} "$1" || exit 7`;
+    const chmodPart = `; $B chmod ${((mode ?? 0o644) & 0o7777).toString(8)} "$1" || exit 8`;
     const script =
-      `[ -d "$1" ] && exit 4; $B mkdir -p "$($B dirname "$1")" 2>/dev/null || exit 7; ` +
-      `$B cat > "$1" || exit 7${chmodPart}`;
+      `[ -d "$1" ] && exit 4; $B mkdir -p "$($B dirname "$1")" || exit 8; ` +
+      `$B cat > "$1" || exit 8${chmodPart}`;
     const r = await this.fileScript(runtimeId, script, [path], content);
     if (r.code !== 0) throw this.fileError(r.code, path, r.stderr);
   }
@@ -605,21 +610,21 @@ export class OciProvider implements Provider {
 
   async deleteFile(runtimeId: string, path: string, recursive: boolean): Promise<void> {
     if (path === '/') throw badRequest('refusing to delete /');
-    const dirPart = recursive ? `$B rm -rf "$1" || exit 7` : `$B rmdir "$1" 2>/dev/null || { [ -w "$($B dirname "$1")" ] || exit 7; exit 6; }`;
-    const script = `[ -e "$1" ] || [ -L "$1" ] || exit 3; if [ -d "$1" ] && [ ! -L "$1" ]; then ${dirPart}; else $B rm -f "$1" || exit 7; fi`;
+    const dirPart = recursive ? `$B rm -rf "$1" || exit 8` : `$B rmdir "$1" 2>/dev/null || { [ -w "$($B dirname "$1")" ] || exit 7; exit 6; }`;
+    const script = `[ -e "$1" ] || [ -L "$1" ] || exit 3; if [ -d "$1" ] && [ ! -L "$1" ]; then ${dirPart}; else $B rm -f "$1" || exit 8; fi`;
     const r = await this.fileScript(runtimeId, script, [path]);
     if (r.code !== 0) throw this.fileError(r.code, path, r.stderr);
   }
 
   async moveFile(runtimeId: string, fromPath: string, toPath: string): Promise<void> {
-    const script = `[ -e "$1" ] || [ -L "$1" ] || exit 3; $B mkdir -p "$($B dirname "$2")" 2>/dev/null || exit 7; $B mv -f "$1" "$2" || exit 7`;
+    const script = `[ -e "$1" ] || [ -L "$1" ] || exit 3; $B mkdir -p "$($B dirname "$2")" || exit 8; $B mv -f "$1" "$2" || exit 8`;
     const r = await this.fileScript(runtimeId, script, [fromPath, toPath]);
     if (r.code !== 0) throw this.fileError(r.code, fromPath, r.stderr);
   }
 
   async chmod(runtimeId: string, path: string, mode: number): Promise<void> {
     if (!Number.isInteger(mode) || mode < 0 || mode > 0o7777) throw badRequest('mode must be between 0 and 0o7777');
-    const r = await this.fileScript(runtimeId, `[ -e "$1" ] || exit 3; $B chmod ${mode.toString(8)} "$1" || exit 7`, [path]);
+    const r = await this.fileScript(runtimeId, `[ -e "$1" ] || exit 3; $B chmod ${mode.toString(8)} "$1" || exit 8`, [path]);
     if (r.code !== 0) throw this.fileError(r.code, path, r.stderr);
   }
 
