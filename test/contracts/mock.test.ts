@@ -1,5 +1,5 @@
 import { existsSync } from 'node:fs';
-import { mkdir, mkdtemp, readFile, rm, stat, utimes, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -20,6 +20,16 @@ providerContract('mock', async () => {
     },
   };
 });
+
+/** PIDs of host processes whose command line is exactly `commandLine` (read from /proc). */
+async function hostProcessesRunning(commandLine: string): Promise<string[]> {
+  const found: string[] = [];
+  for (const pid of (await readdir('/proc')).filter((n) => /^\d+$/.test(n))) {
+    const cmdline = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
+    if (cmdline.split('\0').filter((a) => a !== '').join(' ') === commandLine) found.push(pid);
+  }
+  return found;
+}
 
 const spec: SpawnSpec = {
   sandboxId: 'sb-0123abcd',
@@ -179,6 +189,26 @@ describe('mock provider specifics', () => {
     const ids = (await provider.inventory()).map((r) => r.runtimeId);
     expect(ids.every((id) => /^mock-[0-9a-f]{16}$/.test(id))).toBe(true);
     expect(existsSync(stale)).toBe(false);
+  });
+
+  it('destroy racing fresh execs leaves no process behind and reports each exec as killed or not_found', async () => {
+    const marker = 'sleep 29.8765';
+    const outcomes = await Promise.all(
+      Array.from({ length: 6 }, async (_, i) => {
+        const { runtimeId } = await provider.spawn({ ...spec, sandboxId: `sb-0000fa0${i}` });
+        const execs = Array.from({ length: 3 }, () =>
+          collectExec(provider.execStream(runtimeId, shell(`echo x; ${marker} & ${marker}`))).then(
+            (r) => `exit ${r.exitCode}`,
+            (e: { code?: string }) => `error ${e.code}`,
+          ),
+        );
+        await new Promise((r) => setTimeout(r, i * 15));
+        await provider.destroy(runtimeId);
+        return Promise.all(execs);
+      }),
+    );
+    for (const o of outcomes.flat()) expect(['exit 137', 'error not_found']).toContain(o);
+    expect(await hostProcessesRunning(marker)).toEqual([]);
   });
 
   it('destroy kills commands still running in the sandbox', async () => {

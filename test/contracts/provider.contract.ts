@@ -125,8 +125,24 @@ export function providerContract(name: string, setup: () => Promise<ContractSetu
       for await (const e of provider.execStream(runtimeId, request)) out.push(e);
       return out;
     };
+    /** Passes events through, failing the test if anything follows `exit` or `exit` is missing. */
+    async function* checked(stream: AsyncIterable<ExecEvent>): AsyncIterable<ExecEvent> {
+      let exits = 0;
+      for await (const e of stream) {
+        if (exits > 0) throw new Error(`event ${e.type} after the exit event`);
+        if (e.type === 'exit') {
+          exits++;
+          expect(Number.isInteger(e.exitCode)).toBe(true);
+          expect(e.durationMs).toBeGreaterThanOrEqual(0);
+        } else {
+          expect(Buffer.isBuffer(e.data)).toBe(true);
+        }
+        yield e;
+      }
+      if (exits !== 1) throw new Error('exec stream ended without an exit event');
+    }
     const run = (command: string, extra: Partial<ExecRequest> = {}, runtimeId = rt) =>
-      collectExec(provider.execStream(runtimeId, req(command, extra)));
+      collectExec(checked(provider.execStream(runtimeId, req(command, extra))));
     const text = async (path: string, runtimeId = rt): Promise<string> =>
       (await readAll(await provider.readFile(runtimeId, path))).toString('utf8');
     const expectSingleExitLast = (evs: ExecEvent[]): void => {

@@ -11,7 +11,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { constants as fsConstants } from 'node:fs';
+import { existsSync, constants as fsConstants } from 'node:fs';
 import { access, appendFile, mkdir, open, readFile, readdir, realpath, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { constants as osConstants } from 'node:os';
 import { join } from 'node:path';
@@ -284,6 +284,11 @@ export class MockProvider implements Provider {
         }
         if (ended === 'aborted') {
           reject(signal?.reason instanceof Error ? signal.reason : new StacyError('bad_request', 'exec cancelled'));
+          return;
+        }
+        if (spawnError !== undefined && !existsSync(cwd)) {
+          // The sandbox was destroyed between the lookup and the start.
+          reject(notFound('runtime', runtimeId));
           return;
         }
         const exitCode = spawnError ?? code ?? 128 + (sig === null ? 0 : (osConstants.signals[sig] ?? 0));
