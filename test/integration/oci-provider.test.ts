@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { isStacyError } from '../../src/core/errors.js';
+import { OciProvider } from '../../src/providers/oci/provider.js';
 import { createOciFixture, ociSupported, run, spawnSpec, type OciFixture } from './oci-fixture.js';
 
 const supported = ociSupported('oci provider');
@@ -174,5 +175,24 @@ describe.skipIf(!supported)('oci provider', () => {
     await expect(fx.provider.spawn(spawnSpec({ image: 'no-such-image:1' }))).rejects.toSatisfy((e: unknown) =>
       isStacyError(e, 'image_not_found'),
     );
+  });
+});
+
+describe.skipIf(!supported)('oci provider health and the default image', () => {
+  let fx: OciFixture;
+  beforeAll(async () => {
+    fx = await createOciFixture();
+  });
+  afterAll(async () => {
+    await fx?.cleanup();
+  });
+
+  it('is unhealthy while the default image is missing, naming the command that provides it', async () => {
+    const missing = new OciProvider({ config: fx.config, images: fx.images, defaultImage: 'python:3' });
+    const h = await missing.health();
+    expect(h.healthy).toBe(false);
+    expect(h.error).toContain('stacyvm image build python');
+    const present = new OciProvider({ config: fx.config, images: fx.images, defaultImage: 'busybox:latest' });
+    expect((await present.health()).healthy).toBe(true);
   });
 });

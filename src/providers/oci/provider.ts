@@ -57,6 +57,8 @@ export interface OciProviderOptions {
   images: ImageStore;
   /** Static busybox bind-mounted into every sandbox (PID 1 and file operations). */
   busyboxPath?: string;
+  /** When set, health fails unless this image resolves (so `auto` only picks a usable oci). */
+  defaultImage?: string;
 }
 
 /** Exit codes of the file-operation scripts, mapped to catalog errors. */
@@ -83,6 +85,7 @@ export class OciProvider implements Provider {
   private readonly stateRoot: string;
   private readonly bundlesRoot: string;
   private readonly busybox: string | null;
+  private readonly defaultImage: string | undefined;
   private readonly metaCache = new Map<string, RuntimeMeta>();
   private bridgeReady: Promise<void> | null = null;
   /** Serialises address allocation so concurrent spawns never pick the same address. */
@@ -94,6 +97,7 @@ export class OciProvider implements Provider {
     this.stateRoot = join(opts.config.root, 'runc-state');
     this.bundlesRoot = join(opts.config.root, 'bundles');
     this.busybox = opts.busyboxPath ?? findStaticBusybox();
+    this.defaultImage = opts.defaultImage;
     this.capabilities = {
       isolation: 'container',
       features: ['memory_limit', 'cpu_limit', 'pids_limit', 'seccomp', 'readonly_rootfs', 'network:none', 'network:bridge'],
@@ -676,6 +680,10 @@ export class OciProvider implements Provider {
       if (!/\boverlay\b/.test(fsList)) throw new Error('kernel has no overlay filesystem');
       await mkdir(this.stateRoot, { recursive: true, mode: 0o700 });
       await this.runc(['list', '--quiet']);
+      if (this.defaultImage !== undefined) {
+        const img = await this.images.resolve(this.defaultImage);
+        details.defaultImage = `${this.defaultImage} → ${img.meta.name} (${img.meta.digest.slice(0, 19)})`;
+      }
       return { healthy: true, latencyMs: Date.now() - started, details };
     } catch (err) {
       return { healthy: false, latencyMs: Date.now() - started, error: (err as Error).message, details };
