@@ -42,6 +42,10 @@ describe.skipIf(!supported)('oci provider', () => {
     expect(e).toEqual({ stdout: '', stderr: 'oops\n', exitCode: 3 });
     const missing = await run(fx.provider, id, { command: 'no-such-binary', mode: 'argv' });
     expect(missing.exitCode).toBe(127);
+    expect((await run(fx.provider, id, { command: '/etc/passwd', mode: 'argv' })).exitCode).toBe(126);
+    await expect(run(fx.provider, id, { command: 'pwd', workdir: '/nope' })).rejects.toSatisfy((e: unknown) => isStacyError(e, 'not_found'));
+    await expect(run(fx.provider, id, { command: 'pwd', workdir: '/etc/passwd' })).rejects.toSatisfy((e: unknown) => isStacyError(e, 'bad_request'));
+    await expect(run(fx.provider, id, { command: 'true', timeoutMs: 0 })).rejects.toSatisfy((e: unknown) => isStacyError(e, 'bad_request'));
   });
 
   it('times out and kills the whole process tree', async () => {

@@ -338,11 +338,19 @@ export class OciProvider implements Provider {
     meta: RuntimeMeta,
     proc: { args: string[]; env: string[]; cwd: string; uid: number; gid: number; caps: string[] },
     stdin: boolean,
-  ): Promise<{ child: ReturnType<typeof spawn>; pidFile: string; started: () => boolean; cleanup: () => Promise<void> }> {
+  ): Promise<{
+    child: ReturnType<typeof spawn>;
+    pidFile: string;
+    started: () => boolean;
+    runcLog: () => Promise<string>;
+    cleanup: () => Promise<void>;
+  }> {
     const bundle = this.bundleOf(meta.runtimeId);
     const tag = randomBytes(6).toString('hex');
     const processFile = join(bundle, `exec-${tag}.json`);
     const pidFile = join(bundle, `exec-${tag}.pid`);
+    // runc's log lines go to a file the provider reads to learn why a start failed.
+    const logFile = join(bundle, `exec-${tag}.log`);
     const processSpec = {
       terminal: false,
       user: { uid: proc.uid, gid: proc.gid },
@@ -356,15 +364,17 @@ export class OciProvider implements Provider {
     await writeFile(processFile, JSON.stringify(processSpec));
     const child = spawn(
       this.cfg.runcPath,
-      ['--root', this.stateRoot, 'exec', '--process', processFile, '--pid-file', pidFile, meta.runtimeId],
+      ['--root', this.stateRoot, '--log', logFile, '--log-format', 'json', 'exec', '--process', processFile, '--pid-file', pidFile, meta.runtimeId],
       { stdio: [stdin ? 'pipe' : 'ignore', 'pipe', 'pipe'] },
     );
     const cleanup = async (): Promise<void> => {
       await rm(processFile, { force: true });
       await rm(pidFile, { force: true });
+      await rm(logFile, { force: true });
     };
     // runc writes the pid file once the process runs; without it runc refused to start it.
-    return { child, pidFile, started: () => existsSync(pidFile), cleanup };
+    const runcLog = (): Promise<string> => readFile(logFile, 'utf8').catch(() => '');
+    return { child, pidFile, started: () => existsSync(pidFile), runcLog, cleanup };
   }
 
   async *execStream(runtimeId: string, request: ExecRequest, signal?: AbortSignal): AsyncIterable<ExecEvent> {
@@ -378,20 +388,16 @@ export class OciProvider implements Provider {
     for (const [k, v] of Object.entries(request.env)) if (v.includes('\0')) throw badRequest(`env ${k}: must not contain NUL bytes`);
     if ([...args, request.workdir ?? ''].some((a) => a.includes('\0'))) throw badRequest('command, args and workdir must not contain NUL bytes');
     const started = Date.now();
-    const { child, pidFile, started: didStart, cleanup } = await this.startProcess(
+    const { child, pidFile, started: didStart, runcLog, cleanup } = await this.startProcess(
       meta,
       { args, env: mergeEnv(meta.env, request.env), cwd: request.workdir ?? '/workspace', uid: meta.uid, gid: meta.gid, caps: meta.caps },
       false,
     );
     const queue = new EventQueue<ExecEvent>();
-    let stderrTail = '';
     let exited = false;
     let timedOut = false;
     child.stdout!.on('data', (d: Buffer) => queue.push({ type: 'stdout', data: d }));
-    child.stderr!.on('data', (d: Buffer) => {
-      stderrTail = (stderrTail + d.toString('utf8')).slice(-512);
-      queue.push({ type: 'stderr', data: d });
-    });
+    child.stderr!.on('data', (d: Buffer) => queue.push({ type: 'stderr', data: d }));
     child.on('error', (err) => queue.fail(providerError(`runc exec: ${err.message}`, err)));
     child.on('close', (code, sig) => {
       exited = true;
@@ -401,12 +407,21 @@ export class OciProvider implements Provider {
         queue.end();
       };
       if (exitCode === 0 || didStart()) return finish();
-      void this.notRunningError(runtimeId).then((err) => {
+      void (async () => {
+        const err = await this.notRunningError(runtimeId);
         if (err) return queue.fail(err);
-        // runc reports a command it could not start as 255; shells report that as 127.
-        if (exitCode === 255 && /exec failed: .*(executable file not found|no such file or directory)/.test(stderrTail)) exitCode = 127;
+        // runc refused to start the process: say why the way a shell would.
+        const why = await runcLog();
+        if (/chdir to cwd .*no such file or directory/.test(why)) return queue.fail(notFound('workdir', request.workdir ?? '/workspace'));
+        if (/chdir to cwd .*not a directory/.test(why)) return queue.fail(badRequest(`workdir ${request.workdir ?? ''} is not a directory`));
+        // runc has already printed its reason on stderr.
+        if (/executable file not found|no such file or directory/.test(why)) exitCode = 127;
+        else if (/permission denied/.test(why)) exitCode = 126;
+        else {
+          return queue.fail(providerError(`runc exec failed: ${why.trim().slice(-500)}`));
+        }
         finish();
-      });
+      })();
     });
     const killTree = async (): Promise<void> => {
       if (exited) return;
