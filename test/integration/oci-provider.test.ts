@@ -96,6 +96,10 @@ describe.skipIf(!supported)('oci provider', () => {
     expect((await read('/workspace/b.bin')).equals(bin)).toBe(true);
     expect(await read('/workspace/empty').catch((e: unknown) => e)).toSatisfy((e: unknown) => isStacyError(e, 'not_found'));
     expect(await read('/workspace/dir').catch((e: unknown) => e)).toSatisfy((e: unknown) => isStacyError(e, 'bad_request'));
+    await run(p, id, { command: 'mkfifo /workspace/fifo' });
+    expect(await read('/workspace/fifo').catch((e: unknown) => e)).toSatisfy((e: unknown) => isStacyError(e, 'bad_request'));
+    expect(await read('/dev/zero').catch((e: unknown) => e)).toSatisfy((e: unknown) => isStacyError(e, 'bad_request'));
+    await p.deleteFile(id, '/workspace/fifo', false);
     const st = await p.stat(id, '/workspace/b.bin');
     expect(st).toMatchObject({ name: 'b.bin', path: '/workspace/b.bin', size: 7, isDir: false, mode: 0o600 });
     const ls = await p.listFiles(id, '/workspace');

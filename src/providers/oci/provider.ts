@@ -68,6 +68,8 @@ const FILE_EXIT: Record<number, (path: string) => StacyError> = {
   5: (p) => badRequest(`${p} is not a directory`),
   6: (p) => new StacyError('conflict', `${p} is a non-empty directory (use recursive)`),
   7: (p) => new StacyError('forbidden', `permission denied: ${p}`),
+  // FIFOs and devices could block or never end; only regular files are read.
+  9: (p) => badRequest(`${p} is not a regular file`),
 };
 
 const B = BUSYBOX_IN_CONTAINER;
@@ -546,7 +548,7 @@ export class OciProvider implements Provider {
   async readFile(runtimeId: string, path: string): Promise<Readable> {
     const meta = await this.meta(runtimeId);
     // One process: a marker byte says the checks passed and the file's bytes follow.
-    const script = `B=${B}; [ -e "$1" ] || exit 3; [ -d "$1" ] && exit 4; [ -r "$1" ] || exit 7; printf K; exec $B cat "$1"`;
+    const script = `B=${B}; [ -e "$1" ] || exit 3; [ -d "$1" ] && exit 4; [ -f "$1" ] || exit 9; [ -r "$1" ] || exit 7; printf K; exec $B cat "$1"`;
     const { child, started, cleanup } = await this.startProcess(
       meta,
       { args: [B, 'sh', '-c', script, 'sh', path], env: ['PATH=/nonexistent'], cwd: '/', uid: meta.uid, gid: meta.gid, caps: [] },
