@@ -204,3 +204,29 @@ describe.skipIf(!supported)('oci provider health and the default image', () => {
     expect((await present.health()).healthy).toBe(true);
   });
 });
+
+describe.skipIf(!supported)('oci exec output backpressure', () => {
+  let fx: OciFixture;
+  beforeAll(async () => {
+    fx = await createOciFixture();
+  });
+  afterAll(async () => {
+    await fx?.cleanup();
+  });
+
+  it('does not buffer a fast producer for a slow consumer', { timeout: 120_000 }, async () => {
+    const { runtimeId } = await fx.provider.spawn(spawnSpec());
+    const before = process.memoryUsage().rss;
+    let peak = 0;
+    let total = 0;
+    let n = 0;
+    for await (const ev of fx.provider.execStream(runtimeId, { command: 'head -c 60000000 /dev/zero', args: [], mode: 'shell', env: {}, timeoutMs: 120_000 })) {
+      if (ev.type !== 'stdout') continue;
+      total += ev.data.length;
+      await new Promise((r) => setTimeout(r, 1));
+      if (++n % 20 === 0) peak = Math.max(peak, process.memoryUsage().rss - before);
+    }
+    expect(total).toBe(60_000_000);
+    expect(peak).toBeLessThan(40_000_000);
+  });
+});

@@ -395,7 +395,16 @@ export class OciProvider implements Provider {
       { args, env: mergeEnv(meta.env, request.env), cwd: request.workdir ?? '/workspace', uid: meta.uid, gid: meta.gid, caps: meta.caps },
       false,
     );
-    const queue = new EventQueue<ExecEvent>();
+    const queue = new EventQueue<ExecEvent>({
+      pause: () => {
+        child.stdout!.pause();
+        child.stderr!.pause();
+      },
+      resume: () => {
+        child.stdout!.resume();
+        child.stderr!.resume();
+      },
+    });
     let exited = false;
     let timedOut = false;
     child.stdout!.on('data', (d: Buffer) => queue.push({ type: 'stdout', data: d }));
@@ -847,15 +856,30 @@ async function removeCgroups(cgroupsPath: string): Promise<void> {
   }
 }
 
-/** Single-consumer async queue bridging child-process events into an async iterator. */
+/**
+ * Single-consumer async queue bridging child-process events into an async iterator. It tells
+ * the producer to pause above `high` queued items and to resume once the consumer has drained
+ * below `low`, so a slow consumer never makes the server buffer a command's whole output.
+ */
 class EventQueue<T> implements AsyncIterable<T> {
   private items: T[] = [];
   private done = false;
   private error: unknown = null;
   private wake: (() => void) | null = null;
+  private paused = false;
+
+  constructor(
+    private readonly flow: { pause: () => void; resume: () => void } = { pause: () => undefined, resume: () => undefined },
+    private readonly high = 64,
+    private readonly low = 16,
+  ) {}
 
   push(item: T): void {
     this.items.push(item);
+    if (!this.paused && this.items.length >= this.high) {
+      this.paused = true;
+      this.flow.pause();
+    }
     this.notify();
   }
   end(): void {
@@ -874,7 +898,12 @@ class EventQueue<T> implements AsyncIterable<T> {
   async *[Symbol.asyncIterator](): AsyncIterator<T> {
     for (;;) {
       if (this.items.length > 0) {
-        yield this.items.shift() as T;
+        const item = this.items.shift() as T;
+        if (this.paused && this.items.length <= this.low) {
+          this.paused = false;
+          this.flow.resume();
+        }
+        yield item;
         continue;
       }
       if (this.error !== null) throw this.error;
