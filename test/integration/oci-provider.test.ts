@@ -61,6 +61,16 @@ describe.skipIf(!supported)('oci provider', () => {
     expect(await leftovers(id)).toBe('0');
   });
 
+  it('the timeout also kills daemons that left the session', async () => {
+    const err = await run(fx.provider, id, {
+      command: 'setsid sh -c "sleep 1000" & (setsid sleep 1000 &); sleep 1000',
+      env: { STACYVM_EXEC_ID: 'forged' },
+      timeoutMs: 500,
+    }).catch((e: unknown) => e);
+    expect(isStacyError(err, 'timeout')).toBe(true);
+    expect(await leftovers(id)).toBe('0');
+  });
+
   it('streams output live', async () => {
     const times: number[] = [];
     for await (const ev of fx.provider.execStream(id, {

@@ -74,6 +74,9 @@ const FILE_EXIT: Record<number, (path: string) => StacyError> = {
 
 const B = BUSYBOX_IN_CONTAINER;
 
+/** Environment variable naming the exec a process belongs to (see killExecTree). */
+const EXEC_MARKER = 'STACYVM_EXEC_ID';
+
 /**
  * Sandboxes as runc containers: one OCI bundle per sandbox under `<root>/bundles/<id>`, an overlay
  * rootfs (image read-only below, per-sandbox upper), runc state under `<root>/runc-state` so other
@@ -390,9 +393,11 @@ export class OciProvider implements Provider {
     for (const [k, v] of Object.entries(request.env)) if (v.includes('\0')) throw badRequest(`env ${k}: must not contain NUL bytes`);
     if ([...args, request.workdir ?? ''].some((a) => a.includes('\0'))) throw badRequest('command, args and workdir must not contain NUL bytes');
     const started = Date.now();
+    // Inherited by everything the command starts, so the kill finds daemons that left the session.
+    const marker = randomBytes(8).toString('hex');
     const { child, pidFile, started: didStart, runcLog, cleanup } = await this.startProcess(
       meta,
-      { args, env: mergeEnv(meta.env, request.env), cwd: request.workdir ?? '/workspace', uid: meta.uid, gid: meta.gid, caps: meta.caps },
+      { args, env: [...mergeEnv(meta.env, request.env).filter((e) => !e.startsWith(`${EXEC_MARKER}=`)), `${EXEC_MARKER}=${marker}`], cwd: request.workdir ?? '/workspace', uid: meta.uid, gid: meta.gid, caps: meta.caps },
       false,
     );
     const queue = new EventQueue<ExecEvent>({
@@ -436,7 +441,7 @@ export class OciProvider implements Provider {
     });
     const killTree = async (): Promise<void> => {
       if (exited) return;
-      await this.killExecTree(meta, pidFile);
+      await this.killExecTree(meta, pidFile, marker);
     };
     const timer = setTimeout(() => {
       timedOut = true;
@@ -462,20 +467,24 @@ export class OciProvider implements Provider {
 
   /**
    * Kills an exec's process tree: the exec process, everything in its session (orphans keep the
-   * session id after their parent dies) and all descendants, found among the container's cgroup
+   * session id after their parent dies), everything carrying the exec's environment marker
+   * (daemons that called setsid) and all descendants, found among the container's cgroup
    * members. Repeats until nothing is left so a forking loop cannot outrun it.
    */
-  private async killExecTree(meta: RuntimeMeta, pidFile: string): Promise<void> {
+  private async killExecTree(meta: RuntimeMeta, pidFile: string, marker: string): Promise<void> {
     let root = NaN;
     for (let i = 0; i < 50 && Number.isNaN(root); i++) {
       root = Number((await readFile(pidFile, 'utf8').catch(() => '')).trim() || NaN);
       if (Number.isNaN(root)) await sleep(20);
     }
-    if (Number.isNaN(root)) return;
+    const tag = Buffer.from(`${EXEC_MARKER}=${marker}\0`);
     for (let round = 0; round < 20; round++) {
       const procs = await cgroupProcesses(meta.cgroupsPath);
       const targets = new Set<number>();
-      for (const p of procs) if (p.pid === root || p.sid === root) targets.add(p.pid);
+      for (const p of procs) {
+        if (p.pid === root || p.sid === root) targets.add(p.pid);
+        else if ((await readFile(`/proc/${p.pid}/environ`).catch(() => Buffer.alloc(0))).includes(tag)) targets.add(p.pid);
+      }
       let grew = true;
       while (grew) {
         grew = false;
