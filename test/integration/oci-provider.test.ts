@@ -1,6 +1,6 @@
 import { execFileSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -181,6 +181,20 @@ describe.skipIf(!supported)('oci provider', () => {
     expect(await fx.provider.status(rt)).toBe('missing');
     expect(existsSync(join(fx.config.root, 'bundles', rt))).toBe(false);
     expect(existsSync(`/sys/fs/cgroup/pids/stacyvm/${rt}`)).toBe(false);
+  });
+
+  it('a failed spawn reports provider_error with runc\'s reason and leaves nothing behind', async () => {
+    const before = (await fx.provider.inventory()).length;
+    const mountsUnder = (root: string): number => readFileSync('/proc/self/mountinfo', 'utf8').split('\n').filter((l) => l.includes(root)).length;
+    const mountsBefore = mountsUnder(fx.config.root);
+    const err = await fx.provider.spawn(spawnSpec({ memoryMb: 1 })).then(
+      () => null,
+      (e: unknown) => e,
+    );
+    expect(isStacyError(err, 'provider_error')).toBe(true);
+    expect((err as Error).message).toContain('memory limit');
+    expect((await fx.provider.inventory()).length).toBe(before);
+    expect(mountsUnder(fx.config.root)).toBe(mountsBefore);
   });
 
   it('unknown runtimes are missing / not_found; destroy is idempotent', async () => {
