@@ -3,10 +3,11 @@
  * on every use (so an operator rotates it by rewriting the file, without a restart), or a
  * signing key list from which short-lived signed tokens are minted per audience.
  */
+import { readFileSync, statSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { StacyError } from '../core/errors.js';
 import type { Clock } from '../core/clock.js';
-import { mintWorkerToken, type WorkerAudience, type WorkerScope } from '../workerproto/index.js';
+import { WorkerAuthenticator, mintWorkerToken, type AuthenticatedWorker, type WorkerAudience, type WorkerAuthSettings, type WorkerScope } from '../workerproto/index.js';
 
 export type WorkerCredential =
   | { kind: 'token'; token: string }
@@ -70,5 +71,47 @@ export class CredentialSource {
   /** Headers carrying the worker id and token. */
   async headers(audience: WorkerAudience): Promise<Record<string, string>> {
     return { 'x-worker-id': this.workerId, 'x-worker-token': await this.token(audience) };
+  }
+}
+
+/**
+ * Inbound verification where this worker's own static token lives in a file an operator may
+ * rewrite: the file is checked on every call (stat, re-read only when it changed) and its
+ * content is this worker's per-worker token on top of the configured settings.
+ */
+export class TokenFileAuthenticator extends WorkerAuthenticator {
+  private stamp = '';
+  private inner: WorkerAuthenticator;
+
+  constructor(
+    private readonly base: WorkerAuthSettings,
+    private readonly workerId: string,
+    private readonly path: string,
+    private readonly clockRef: Clock,
+  ) {
+    super(base, clockRef);
+    this.inner = new WorkerAuthenticator(base, clockRef);
+  }
+
+  override authenticate(workerId: string | undefined, token: string | undefined, audience: WorkerAudience): AuthenticatedWorker {
+    let stamp: string;
+    try {
+      const st = statSync(this.path);
+      stamp = `${st.mtimeMs}:${st.size}:${st.ino}`;
+    } catch {
+      stamp = 'missing';
+    }
+    if (stamp !== this.stamp) {
+      let own: string;
+      try {
+        own = readFileSync(this.path, 'utf8').trim();
+      } catch {
+        own = '';
+      }
+      // An unreadable or empty file leaves an empty entry, which refuses every static token for this id.
+      this.inner = new WorkerAuthenticator({ ...this.base, workerTokens: { ...this.base.workerTokens, [this.workerId]: own } }, this.clockRef);
+      this.stamp = stamp;
+    }
+    return this.inner.authenticate(workerId, token, audience);
   }
 }
