@@ -22,8 +22,10 @@ import { pino, type Logger } from 'pino';
 import { StacyError, badRequest, httpStatusOf, isStacyError } from '../core/errors.js';
 import { systemClock, type Clock } from '../core/clock.js';
 import { newId } from '../core/ids.js';
-import { LeaseFence, WorkerRpcGate, errorResponse, okResponse, requestIdOf, toWireError, type AnyRpcRequest, type WorkerAuthenticator } from '../workerproto/index.js';
+import { LeaseFence, WorkerRpcGate, errorResponse, okResponse, requestIdOf, toWireError, type AnyRpcRequest, type ResultOf, type WorkerAuthenticator } from '../workerproto/index.js';
 import type { WorkerNode } from './node.js';
+
+type StreamChunk = ResultOf<'worker.exec_stream'>;
 
 export interface WorkerRpcTlsOptions {
   /** PEM server certificate (chain) and key. */
@@ -200,8 +202,8 @@ export class WorkerRpcServer {
   }
 
   private async stream(id: string, params: Extract<AnyRpcRequest, { method: 'worker.exec_stream' }>['params'], res: ServerResponse, log: Logger): Promise<void> {
+    // Headers go out with the first chunk (or keepalive) rather than in a packet of their own.
     res.writeHead(200, { 'content-type': 'application/x-ndjson', 'cache-control': 'no-store' });
-    res.flushHeaders();
     const abort = new AbortController();
     const onClose = () => {
       if (!res.writableFinished) abort.abort();
@@ -216,25 +218,38 @@ export class WorkerRpcServer {
       if (Date.now() - lastWrite >= this.keepaliveMs && !res.writableEnded) write(`${JSON.stringify(okResponse(id, { stream: 'stdout', data: '' }))}\n`);
     }, Math.max(50, Math.floor(this.keepaliveMs / 2)));
     const iterator = this.node.execStream(params, abort.signal);
+    // The exit chunk is last; it leaves with the end of the response, in one write.
+    let last = '';
     try {
       for (;;) {
         const next = await iterator.next();
         if (next.done === true || abort.signal.aborted) break;
-        if (!write(`${JSON.stringify(okResponse(id, next.value))}\n`)) await drained(res);
+        if (next.value.stream === 'exit') last = chunkLine(id, next.value);
+        else if (!write(chunkLine(id, next.value))) await drained(res);
       }
     } catch (err) {
       if (!abort.signal.aborted) {
         if (!(err instanceof StacyError)) log.error({ err }, 'exec stream failed unexpectedly');
-        write(`${JSON.stringify(errorResponse(id, err))}\n`);
+        last = `${JSON.stringify(errorResponse(id, err))}\n`;
       }
     } finally {
       clearInterval(keepalive);
       res.off('close', onClose);
       if (abort.signal.aborted) log.info('exec stream aborted: client went away');
       await iterator.return(undefined);
-      res.end();
+      res.end(last);
     }
   }
+}
+
+/**
+ * One NDJSON line for a stream chunk. Output chunks are spliced in directly: their data is
+ * WorkerNode's Buffer#toString('base64'), which needs no JSON escaping, and JSON.stringify
+ * scanning a 64 KiB chunk's string for escapes costs more than producing it.
+ */
+function chunkLine(id: string, chunk: StreamChunk): string {
+  if (chunk.stream === 'exit') return `${JSON.stringify(okResponse(id, chunk))}\n`;
+  return `{"id":${JSON.stringify(id)},"result":{"stream":"${chunk.stream}","data":"${chunk.data}"}}\n`;
 }
 
 function single(value: string | string[] | undefined): string | undefined {
