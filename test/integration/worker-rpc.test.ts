@@ -1,5 +1,6 @@
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer as createHttpServer } from 'node:http';
 import { createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -206,7 +207,45 @@ describe('worker RPC over HTTP', () => {
   });
 });
 
-describe('unreachable workers', () => {
+describe('misbehaving and unreachable workers', () => {
+  /** A server answering every request with `reply` (status, content type, body). */
+  async function fakeWorker(reply: (body: Record<string, unknown>) => { status: number; body: string; type?: string }) {
+    const server = createHttpServer((req, res) => {
+      let raw = '';
+      req.on('data', (c: Buffer) => (raw += c.toString()));
+      req.on('end', () => {
+        const r = reply(JSON.parse(raw) as Record<string, unknown>);
+        res.writeHead(r.status, { 'content-type': r.type ?? 'application/json' }).end(r.body);
+      });
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+    const url = `http://127.0.0.1:${(server.address() as { port: number }).port}`;
+    return { url, close: () => new Promise<void>((r) => server.close(() => r())) };
+  }
+
+  it('a reply that breaks the protocol is internal; a proxy error page is unavailable', async () => {
+    const ref = { sandbox_id: newSandboxId(), provider: 'mock', runtime_id: 'rt' };
+    const cases: Array<[(b: Record<string, unknown>) => { status: number; body: string; type?: string }, ErrorCode]> = [
+      [(b) => ({ status: 200, body: `${JSON.stringify({ id: b.id, result: { stream: 'stdout', data: 'not base64!' } })}\n` }), 'internal'],
+      [() => ({ status: 200, body: `${JSON.stringify({ id: 'other', result: { stream: 'stdout', data: 'aGk=' } })}\n` }), 'internal'],
+      [(b) => ({ status: 200, body: `${JSON.stringify({ id: b.id, result: { stream: 'stdout', data: 'aGk=' } })}\n` }), 'remote_worker_rpc_unavailable'],
+      [(b) => ({ status: 404, body: JSON.stringify({ id: b.id, error: { code: 'not_found', message: 'gone' } }) }), 'not_found'],
+      [() => ({ status: 502, body: '<html>bad gateway</html>', type: 'text/html' }), 'remote_worker_rpc_unavailable'],
+    ];
+    for (const [reply, code] of cases) {
+      const fake = await fakeWorker(reply);
+      const c = new RemoteWorkerClient({ workerId: 'w1', url: fake.url, credential: { kind: 'token', token: 't' } });
+      try {
+        expect(await codeOf(async () => {
+          for await (const _ of c.execStream({ ...ref, ...shell('true') })) void _;
+        })).toBe(code);
+      } finally {
+        await c.close();
+        await fake.close();
+      }
+    }
+  });
+
   it('a refused connection is 503 remote_worker_rpc_unavailable', async () => {
     const port = await freePort();
     const c = new RemoteWorkerClient({ workerId: 'w1', url: `http://127.0.0.1:${port}`, credential: { kind: 'token', token: 't' } });
