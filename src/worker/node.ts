@@ -148,6 +148,20 @@ export class WorkerNode {
         if (runtimeId === undefined) return { status: 'missing' };
         return { status: await provider.status(runtimeId) };
       }
+      case 'worker.inventory': {
+        const provider = this.providerOf(request.params.provider);
+        const runtimes = provider.inventory === undefined ? [] : await provider.inventory();
+        return {
+          runtimes: runtimes.map((rt) => ({
+            runtime_id: rt.runtimeId,
+            status: rt.status,
+            ...(rt.sandboxId !== undefined ? { sandbox_id: rt.sandboxId } : {}),
+            ...(rt.workerId !== undefined ? { worker_id: rt.workerId } : {}),
+            ...(rt.ownerId !== undefined ? { owner_id: rt.ownerId } : {}),
+            ...(rt.createdAt !== undefined ? { created_at: toIso(rt.createdAt) } : {}),
+          })),
+        };
+      }
       case 'worker.exec':
         return this.execBuffered(request.params);
       case 'worker.exec_stream':

@@ -13,7 +13,7 @@ import { Pool, type Dispatcher } from 'undici';
 import { StacyError, isStacyError } from '../core/errors.js';
 import { formatDuration, parseDuration } from '../core/duration.js';
 import { systemClock, type Clock } from '../core/clock.js';
-import { newId } from '../core/ids.js';
+import { SANDBOX_ID_PATTERN, newId } from '../core/ids.js';
 import type {
   ExecEvent,
   ExecRequest,
@@ -21,6 +21,7 @@ import type {
   Provider,
   ProviderCapabilities,
   ProviderHealth,
+  RuntimeInfo,
   RuntimeStatus,
   SpawnResult,
   SpawnSpec,
@@ -470,6 +471,27 @@ export class RemoteProvider implements Provider {
     // The wire takes 1–10000 lines; zero lines needs no call.
     if (lines <= 0) return [];
     return (await this.client.call('worker.logs', { ...ref, lines: Math.min(lines, 10_000) })).lines;
+  }
+
+  /**
+   * The worker's runtimes of this provider, as handles. Only runtimes labelled with a sandbox id
+   * (every runtime StacyVM spawned) can be named by a handle, so only those are listed.
+   */
+  async inventory(): Promise<RuntimeInfo[]> {
+    const { runtimes } = await this.client.call('worker.inventory', { provider: this.name });
+    const out: RuntimeInfo[] = [];
+    for (const rt of runtimes) {
+      if (rt.sandbox_id === undefined || !SANDBOX_ID_PATTERN.test(rt.sandbox_id)) continue;
+      out.push({
+        runtimeId: RemoteProvider.handle(rt.sandbox_id, rt.runtime_id),
+        status: rt.status,
+        sandboxId: rt.sandbox_id,
+        workerId: rt.worker_id ?? this.client.workerId,
+        ...(rt.owner_id !== undefined ? { ownerId: rt.owner_id } : {}),
+        ...(rt.created_at !== undefined ? { createdAt: Date.parse(rt.created_at) } : {}),
+      });
+    }
+    return out;
   }
 
   /** Healthy when the worker answers its heartbeat, still runs this provider and is not offline/unhealthy. */

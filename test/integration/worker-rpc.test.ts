@@ -458,6 +458,7 @@ async function validCall(method: WorkerMethod, client: RemoteWorkerClient, lease
     'worker.file_glob': { ...ref, pattern: '/workspace/*' },
     'worker.logs': { ...ref, lines: 10 },
     'worker.renew_lease': { resource_id: sb },
+    'worker.inventory': { provider: 'mock' },
   };
   if (!(method in bodies)) throw new Error(`no valid call for ${method}`);
   return { body: bodies[method], ...(lease ? { lease } : {}) };
