@@ -318,6 +318,8 @@ export interface RemoteProviderOptions {
   provider: string;
   capabilities: ProviderCapabilities;
   leases: LeaseSupplier;
+  /** The request id of the operation in progress (e.g. from AsyncLocalStorage), sent as X-Request-ID. */
+  requestId?: () => string | undefined;
 }
 
 const HANDLE = /^(sb-[0-9a-f]{8}):(.+)$/s;
@@ -338,19 +340,26 @@ export class RemoteProvider implements Provider {
   readonly capabilities: ProviderCapabilities;
   private readonly client: RemoteWorkerClient;
   private readonly leases: LeaseSupplier;
+  private readonly requestId: (() => string | undefined) | undefined;
 
   constructor(options: RemoteProviderOptions) {
     this.client = options.client;
     this.name = options.provider;
     this.capabilities = options.capabilities;
     this.leases = options.leases;
+    this.requestId = options.requestId;
   }
 
   /**
    * Asks the worker what it runs and builds a RemoteProvider for `provider`; `bad_request` when
    * the worker does not enable it. Isolation comes from the worker's `isolation:<p>:<level>`.
    */
-  static async connect(client: RemoteWorkerClient, provider: string, leases: LeaseSupplier): Promise<RemoteProvider> {
+  static async connect(
+    client: RemoteWorkerClient,
+    provider: string,
+    leases: LeaseSupplier,
+    extra: Pick<RemoteProviderOptions, 'requestId'> = {},
+  ): Promise<RemoteProvider> {
     const hb = await client.heartbeat();
     if (!hb.providers.includes(provider)) {
       throw new StacyError('bad_request', `worker ${client.workerId} does not run provider ${JSON.stringify(provider)} (it runs: ${hb.providers.join(', ') || 'none'})`);
@@ -360,7 +369,7 @@ export class RemoteProvider implements Provider {
     if (level !== 'none' && level !== 'container' && level !== 'vm') {
       throw new StacyError('internal', `worker ${client.workerId} does not advertise the isolation of provider ${provider}`);
     }
-    return new RemoteProvider({ client, provider, leases, capabilities: { isolation: level, features: ['remote'] } });
+    return new RemoteProvider({ ...extra, client, provider, leases, capabilities: { isolation: level, features: ['remote'] } });
   }
 
   /** The runtime id this provider uses for a worker runtime of a sandbox. */
@@ -393,6 +402,7 @@ export class RemoteProvider implements Provider {
         labels: { ...spec.labels },
       },
       lease,
+      this.ctx(),
     );
     return { runtimeId: RemoteProvider.handle(result.sandbox_id, result.runtime_id) };
   }
@@ -400,18 +410,18 @@ export class RemoteProvider implements Provider {
   async status(runtimeId: string): Promise<RuntimeStatus> {
     const ref = this.refOf(runtimeId);
     if (ref === undefined) return 'missing';
-    return (await this.client.call('worker.status', ref)).status;
+    return (await this.client.call('worker.status', ref, this.ctx())).status;
   }
 
   async destroy(runtimeId: string): Promise<void> {
     const ref = this.refOf(runtimeId);
     if (ref === undefined) return;
-    await this.client.destroy(ref, await this.leases(ref.sandbox_id, 'destroy'));
+    await this.client.destroy(ref, await this.leases(ref.sandbox_id, 'destroy'), this.ctx());
   }
 
   /** Renews the sandbox's fencing on the worker with the supplier's current lease. */
   async renewLease(sandboxId: string): Promise<WireLease> {
-    return this.client.renewLease(await this.leases(sandboxId, 'renew'));
+    return this.client.renewLease(await this.leases(sandboxId, 'renew'), this.ctx());
   }
 
   async *execStream(runtimeId: string, request: ExecRequest, signal?: AbortSignal): AsyncIterable<ExecEvent> {
@@ -425,7 +435,7 @@ export class RemoteProvider implements Provider {
       ...(request.workdir !== undefined ? { workdir: request.workdir } : {}),
       timeout: formatDuration(request.timeoutMs),
     };
-    for await (const chunk of this.client.execStream(params, signal !== undefined ? { signal } : {})) {
+    for await (const chunk of this.client.execStream(params, { ...this.ctx(), ...(signal !== undefined ? { signal } : {}) })) {
       if (chunk.stream === 'exit') yield { type: 'exit', exitCode: chunk.exit_code, durationMs: parseDuration(chunk.duration) };
       else yield { type: chunk.stream, data: chunk.bytes ?? Buffer.from(chunk.data, 'base64') };
     }
@@ -434,43 +444,43 @@ export class RemoteProvider implements Provider {
   async writeFile(runtimeId: string, path: string, content: Buffer | Readable, mode?: number): Promise<void> {
     const ref = this.operable(runtimeId);
     const data = Buffer.isBuffer(content) ? content : await readAll(content);
-    await this.client.call('worker.file_write', { ...ref, path, content: data.toString('base64'), ...(mode !== undefined ? { mode } : {}) });
+    await this.client.call('worker.file_write', { ...ref, path, content: data.toString('base64'), ...(mode !== undefined ? { mode } : {}) }, this.ctx());
   }
 
   async readFile(runtimeId: string, path: string): Promise<Readable> {
-    const { content } = await this.client.call('worker.file_read', { ...this.operable(runtimeId), path });
+    const { content } = await this.client.call('worker.file_read', { ...this.operable(runtimeId), path }, this.ctx());
     return Readable.from([Buffer.from(content, 'base64')]);
   }
 
   async listFiles(runtimeId: string, path: string): Promise<FileEntry[]> {
-    return (await this.client.call('worker.file_list', { ...this.operable(runtimeId), path })).entries.map(entryFromWire);
+    return (await this.client.call('worker.file_list', { ...this.operable(runtimeId), path }, this.ctx())).entries.map(entryFromWire);
   }
 
   async deleteFile(runtimeId: string, path: string, recursive: boolean): Promise<void> {
-    await this.client.call('worker.file_delete', { ...this.operable(runtimeId), path, recursive });
+    await this.client.call('worker.file_delete', { ...this.operable(runtimeId), path, recursive }, this.ctx());
   }
 
   async moveFile(runtimeId: string, fromPath: string, toPath: string): Promise<void> {
-    await this.client.call('worker.file_move', { ...this.operable(runtimeId), old_path: fromPath, new_path: toPath });
+    await this.client.call('worker.file_move', { ...this.operable(runtimeId), old_path: fromPath, new_path: toPath }, this.ctx());
   }
 
   async chmod(runtimeId: string, path: string, mode: number): Promise<void> {
-    await this.client.call('worker.file_chmod', { ...this.operable(runtimeId), path, mode });
+    await this.client.call('worker.file_chmod', { ...this.operable(runtimeId), path, mode }, this.ctx());
   }
 
   async stat(runtimeId: string, path: string): Promise<FileEntry> {
-    return entryFromWire((await this.client.call('worker.file_stat', { ...this.operable(runtimeId), path })).entry);
+    return entryFromWire((await this.client.call('worker.file_stat', { ...this.operable(runtimeId), path }, this.ctx())).entry);
   }
 
   async glob(runtimeId: string, pattern: string): Promise<string[]> {
-    return (await this.client.call('worker.file_glob', { ...this.operable(runtimeId), pattern })).paths;
+    return (await this.client.call('worker.file_glob', { ...this.operable(runtimeId), pattern }, this.ctx())).paths;
   }
 
   async consoleLog(runtimeId: string, lines: number): Promise<string[]> {
     const ref = this.operable(runtimeId);
     // The wire takes 1–10000 lines; zero lines needs no call.
     if (lines <= 0) return [];
-    return (await this.client.call('worker.logs', { ...ref, lines: Math.min(lines, 10_000) })).lines;
+    return (await this.client.call('worker.logs', { ...ref, lines: Math.min(lines, 10_000) }, this.ctx())).lines;
   }
 
   /**
@@ -478,7 +488,7 @@ export class RemoteProvider implements Provider {
    * (every runtime StacyVM spawned) can be named by a handle, so only those are listed.
    */
   async inventory(): Promise<RuntimeInfo[]> {
-    const { runtimes } = await this.client.call('worker.inventory', { provider: this.name });
+    const { runtimes } = await this.client.call('worker.inventory', { provider: this.name }, this.ctx());
     const out: RuntimeInfo[] = [];
     for (const rt of runtimes) {
       if (rt.sandbox_id === undefined || !SANDBOX_ID_PATTERN.test(rt.sandbox_id)) continue;
@@ -512,6 +522,12 @@ export class RemoteProvider implements Provider {
         details: { worker_id: this.client.workerId, rpc_url: this.client.url },
       };
     }
+  }
+
+  /** Per-call options: the current request id, when the caller tracks one. */
+  private ctx(): CallOptions {
+    const id = this.requestId?.();
+    return id === undefined ? {} : { requestId: id };
   }
 
   private refOf(runtimeId: string): Ref | undefined {

@@ -5,6 +5,7 @@
  */
 import { mkdtemp, rm } from 'node:fs/promises';
 import { createServer, type Server } from 'node:http';
+import type { Logger } from 'pino';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { systemClock, toIso, type Clock } from '../../src/core/clock.js';
@@ -32,6 +33,7 @@ export interface TestWorkerOptions {
   tls?: WorkerRpcTlsOptions;
   clock?: Clock;
   streamKeepaliveMs?: number;
+  logger?: Logger;
 }
 
 /** Starts a worker; `stop` closes the server and removes its temp dir. */
@@ -54,6 +56,7 @@ export async function startTestWorker(options: TestWorkerOptions = {}): Promise<
     clock,
     ...(options.tls ? { tls: options.tls } : {}),
     ...(options.streamKeepaliveMs !== undefined ? { streamKeepaliveMs: options.streamKeepaliveMs } : {}),
+    ...(options.logger !== undefined ? { logger: options.logger } : {}),
   });
   const url = await server.listen(0, '127.0.0.1');
   node.setRpcUrl(url);

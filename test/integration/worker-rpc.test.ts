@@ -4,6 +4,8 @@ import { createServer as createHttpServer } from 'node:http';
 import { createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { Writable } from 'node:stream';
+import { pino } from 'pino';
 import { request } from 'undici';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { toIso } from '../../src/core/clock.js';
@@ -80,6 +82,38 @@ describe('worker RPC over HTTP', () => {
     const made = await post(w.url, req, { 'x-worker-id': 'w1', authorization: `Bearer ${token}` });
     expect(made.status).toBe(200);
     expect(String(made.headers['x-request-id'])).toMatch(/^req-/);
+  });
+
+  it('carries X-Request-ID into the worker log lines of accepted and refused calls', async () => {
+    const lines: Array<Record<string, unknown>> = [];
+    const sink = new Writable({
+      write(chunk: Buffer, _enc, done) {
+        lines.push(JSON.parse(chunk.toString()) as Record<string, unknown>);
+        done();
+      },
+    });
+    const logged = await startTestWorker({ logger: pino({ level: 'debug' }, sink) });
+    try {
+      const req = createRequest('worker.heartbeat', 'w1', {});
+      await post(logged.url, req, { 'x-worker-id': 'w1', 'x-worker-token': signed(), 'x-request-id': 'trace-ok' });
+      await post(logged.url, req, { 'x-worker-id': 'w1', 'x-worker-token': 'nope', 'x-request-id': 'trace-refused' });
+      expect(lines.find((l) => l.request_id === 'trace-ok')).toMatchObject({ rpc_id: req.id, method: 'worker.heartbeat', credential: 'signed', worker_id: 'w1' });
+      expect(lines.find((l) => l.request_id === 'trace-refused')).toMatchObject({ code: 'unauthorized', msg: 'rpc refused' });
+      // RemoteProvider forwards the caller's request id on every call.
+      const c = new RemoteWorkerClient({ workerId: 'w1', url: logged.url, credential: { kind: 'token', token: 'shared-worker-token' } });
+      try {
+        const p = await RemoteProvider.connect(c, 'mock', new TestLeases('w1').supplier, { requestId: () => 'trace-provider' });
+        const { runtimeId } = await p.spawn(spec(newSandboxId()));
+        await p.status(runtimeId);
+        const methods = lines.filter((l) => l.request_id === 'trace-provider').map((l) => l.method);
+        expect(methods).toEqual(expect.arrayContaining(['worker.spawn', 'worker.status']));
+        await p.destroy(runtimeId);
+      } finally {
+        await c.close();
+      }
+    } finally {
+      await logged.stop();
+    }
   });
 
   it('refuses malformed bodies after authentication, and unknown routes', async () => {
