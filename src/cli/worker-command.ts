@@ -16,6 +16,7 @@ import type { Config } from '../config/types.js';
 import { parseDuration } from '../core/duration.js';
 import { StacyError } from '../core/errors.js';
 import { systemClock } from '../core/clock.js';
+import { DockerProvider } from '../providers/docker/index.js';
 import { MockProvider, mockRootFrom } from '../providers/mock/mock-provider.js';
 import type { Provider } from '../providers/provider.js';
 import {
@@ -61,8 +62,10 @@ function buildProvider(name: string, config: Config): Provider {
   switch (name) {
     case 'mock':
       return new MockProvider({ root: mockRootFrom(config) });
+    case 'docker':
+      return new DockerProvider({ config: config.providers.docker });
     default:
-      throw new StacyError('bad_request', `provider ${JSON.stringify(name)} cannot run on a worker in this build (available: mock); choose with --providers`);
+      throw new StacyError('bad_request', `provider ${JSON.stringify(name)} cannot run on a worker in this build (available: mock, docker); choose with --providers`);
   }
 }
 
