@@ -56,6 +56,7 @@ const REQUEST_ID = /^[\x21-\x7e]{1,128}$/;
 export class WorkerRpcServer {
   private readonly server: Server;
   private readonly gate: WorkerRpcGate;
+  private readonly authenticator: WorkerAuthenticator;
   private readonly log: Logger;
   private readonly node: WorkerNode;
   private readonly bodyLimit: number;
@@ -66,6 +67,7 @@ export class WorkerRpcServer {
   constructor(options: WorkerRpcServerOptions) {
     this.node = options.node;
     const clock = options.clock ?? systemClock;
+    this.authenticator = options.authenticator;
     this.gate = new WorkerRpcGate(options.node.workerId, options.authenticator, new LeaseFence(options.node.workerId, clock));
     this.log = (options.logger ?? pino({ level: 'silent' })).child({ component: 'worker-rpc', worker_id: options.node.workerId });
     this.bodyLimit = options.bodyLimitBytes ?? DEFAULT_BODY_LIMIT;
@@ -157,6 +159,19 @@ export class WorkerRpcServer {
       }
     }
 
+    const workerId = single(req.headers['x-worker-id']);
+    const token = tokenOf(req);
+    try {
+      // Checked before the body is read, so a caller without a credential cannot make the
+      // worker buffer bodies of up to the size limit; the gate checks it again with the body.
+      this.authenticator.authenticate(workerId, token, 'worker:rpc');
+    } catch (err) {
+      this.log.info({ request_id: requestId, code: toWireError(err).code }, 'rpc refused');
+      res.setHeader('connection', 'close');
+      sendError(res, null, err);
+      return;
+    }
+
     const raw = await readBody(req, this.bodyLimit);
     if (raw === undefined) {
       res.setHeader('connection', 'close');
@@ -174,7 +189,7 @@ export class WorkerRpcServer {
     let request: AnyRpcRequest;
     let log = this.log.child({ request_id: requestId, rpc_id: rpcId });
     try {
-      const admitted = this.gate.admit({ workerId: single(req.headers['x-worker-id']), token: tokenOf(req), body });
+      const admitted = this.gate.admit({ workerId, token, body });
       request = admitted.request;
       log = log.child({ method: request.method, credential: admitted.caller.credential, ...(admitted.caller.jti ? { jti: admitted.caller.jti } : {}) });
     } catch (err) {

@@ -120,6 +120,10 @@ describe('worker RPC over HTTP', () => {
     const auth = { 'x-worker-id': 'w1', 'x-worker-token': signed() };
     expect((await post(w.url, '{not json', auth)).status).toBe(400);
     expect((await post(w.url, '{not json', {})).status).toBe(401);
+    // Without a credential the body is not even read: a large one is refused just the same.
+    const big = await post(w.url, 'x'.repeat(4 * 1024 * 1024), {});
+    expect(big.status).toBe(401);
+    expect(big.body).toMatchObject({ id: null, error: { code: 'unauthorized' } });
     expect((await post(w.url, { id: 'x', method: 'worker.nope', worker_id: 'w1', params: {} }, auth)).status).toBe(400);
     const res = await request(`${w.url}/other`, { method: 'POST', body: '{}' });
     expect(res.statusCode).toBe(404);
