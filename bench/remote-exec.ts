@@ -7,8 +7,13 @@
  *   relay (NDJSON, base64) and directly.
  * Prints one JSON document.
  *
- *   npm run bench:remote            # env: BENCH_ITERATIONS (default 300), BENCH_STREAM_MB (default 256)
+ * The worker runs in this process by default; BENCH_WORKER=process runs it as a child process
+ * (test/fixtures/rpc-worker.ts), so caller and worker do not share one event loop.
+ *
+ *   npm run bench:remote            # env: BENCH_ITERATIONS (default 300), BENCH_STREAM_MB (default 256), BENCH_WORKER
  */
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -24,6 +29,7 @@ import { WorkerRpcServer } from '../src/worker/rpc-server.js';
 
 const ITERATIONS = Number(process.env.BENCH_ITERATIONS ?? 300);
 const STREAM_MB = Number(process.env.BENCH_STREAM_MB ?? 256);
+const WORKER_MODE = process.env.BENCH_WORKER === 'process' ? 'process' : 'in-process';
 const WARMUP = 20;
 const KEY = 'bench-remote-signing-key-'.padEnd(40, 'b');
 
@@ -52,12 +58,27 @@ async function main(): Promise<void> {
   const root = await mkdtemp(join(tmpdir(), 'stacyvm-bench-remote-'));
   const workerMock = new MockProvider({ root: join(root, 'worker') });
   const localMock = new MockProvider({ root: join(root, 'local') });
-  const node = new WorkerNode({ workerId: 'bench', providers: [workerMock] });
-  const server = new WorkerRpcServer({
-    node,
-    authenticator: new WorkerAuthenticator({ workerToken: '', workerTokens: {}, workerSigningKeys: [KEY], revokedTokenIds: [] }, systemClock),
-  });
-  const url = await server.listen(0, '127.0.0.1');
+  let url: string;
+  let stopWorker: () => Promise<void>;
+  if (WORKER_MODE === 'process') {
+    const child = spawn(process.execPath, ['--import', 'tsx', join(import.meta.dirname, '..', 'test', 'fixtures', 'rpc-worker.ts')], {
+      env: { ...process.env, STACYVM_FIXTURE_WORKER_ID: 'bench', STACYVM_FIXTURE_SIGNING_KEY: KEY },
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
+    const [first] = (await once(child.stdout, 'data')) as [Buffer];
+    url = first.toString().trim();
+    stopWorker = async () => {
+      child.kill('SIGTERM');
+      await once(child, 'exit');
+    };
+  } else {
+    const server = new WorkerRpcServer({
+      node: new WorkerNode({ workerId: 'bench', providers: [workerMock] }),
+      authenticator: new WorkerAuthenticator({ workerToken: '', workerTokens: {}, workerSigningKeys: [KEY], revokedTokenIds: [] }, systemClock),
+    });
+    url = await server.listen(0, '127.0.0.1');
+    stopWorker = () => server.close();
+  }
   const client = new RemoteWorkerClient({ workerId: 'bench', url, credential: { kind: 'signing_key', keys: [KEY] } });
   let generation = 0;
   const remote = await RemoteProvider.connect(client, 'mock', async (resourceId) => ({
@@ -110,6 +131,7 @@ async function main(): Promise<void> {
     JSON.stringify(
       {
         iterations: ITERATIONS,
+        worker: WORKER_MODE,
         exec_round_trip: {
           local_mock: l,
           remote_exec_stream: r,
@@ -126,7 +148,7 @@ async function main(): Promise<void> {
   await remote.destroy(remoteRt);
   await localMock.destroy(localRt);
   await client.close();
-  await server.close();
+  await stopWorker();
   await workerMock.close();
   await localMock.close();
   await rm(root, { recursive: true, force: true });
