@@ -16,8 +16,7 @@ import type { Config } from '../config/types.js';
 import { parseDuration } from '../core/duration.js';
 import { StacyError } from '../core/errors.js';
 import { systemClock } from '../core/clock.js';
-import { DockerProvider } from '../providers/docker/index.js';
-import { MockProvider, mockRootFrom } from '../providers/mock/mock-provider.js';
+import { buildProviders } from '../main/providers.js';
 import type { Provider } from '../providers/provider.js';
 import {
   WORKER_AUDIENCES,
@@ -57,20 +56,19 @@ interface WorkerFlags {
   controlPlaneCa?: string;
 }
 
-/** Builds a provider this worker can run; providers not compiled into this build are refused. */
-function buildProvider(name: string, config: Config): Provider {
-  switch (name) {
-    case 'mock':
-      return new MockProvider({ root: mockRootFrom(config) });
-    case 'docker':
-      return new DockerProvider({ config: config.providers.docker });
-    default:
-      throw new StacyError('bad_request', `provider ${JSON.stringify(name)} cannot run on a worker in this build (available: mock, docker); choose with --providers`);
+/**
+ * The providers this worker runs: those the composition root builds from config (enabled and
+ * startable on this host), narrowed to `--providers` when given. A requested provider that is
+ * not available is an error, never silently dropped.
+ */
+async function workerProviders(config: Config, requested: string[] | undefined, logger: Logger): Promise<Provider[]> {
+  const registry = await buildProviders(config, logger);
+  if (requested === undefined) return registry.list();
+  const missing = requested.filter((n) => !registry.has(n));
+  if (missing.length > 0) {
+    throw new StacyError('bad_request', `--providers: ${missing.join(', ')} not available on this host (available: ${registry.names().join(', ') || 'none'}; enable in providers.*)`);
   }
-}
-
-function enabledProviders(config: Config): string[] {
-  return (['mock', 'oci', 'docker'] as const).filter((n) => config.providers[n].enabled);
+  return requested.map((n) => registry.require(n));
 }
 
 function parseListen(value: string): { host: string; port: number } {
@@ -127,12 +125,18 @@ function rpcTls(flags: WorkerFlags): WorkerRpcTlsOptions | undefined {
 }
 
 /** Builds (without starting) the daemon the flags describe. */
-export function workerDaemonFromFlags(flags: WorkerFlags, config: Config, logger: Logger, env: Readonly<Record<string, string | undefined>> = process.env): WorkerDaemon {
+export async function workerDaemonFromFlags(
+  flags: WorkerFlags,
+  config: Config,
+  logger: Logger,
+  env: Readonly<Record<string, string | undefined>> = process.env,
+): Promise<WorkerDaemon> {
   const id = flags.id ?? config.worker.id;
   const controlPlane = flags.controlPlane ?? env.STACYVM_CONTROL_PLANE;
   if (controlPlane === undefined || controlPlane === '') throw new StacyError('bad_request', '--control-plane URL is required (or STACYVM_CONTROL_PLANE)');
-  const names = flags.providers !== undefined ? flags.providers.split(',').map((s) => s.trim()).filter((s) => s !== '') : enabledProviders(config);
-  if (names.length === 0) throw new StacyError('bad_request', 'no providers to run: enable one in the config or pass --providers');
+  const requested = flags.providers?.split(',').map((s) => s.trim()).filter((s) => s !== '');
+  const providers = await workerProviders(config, requested, logger);
+  if (providers.length === 0) throw new StacyError('bad_request', 'no providers to run: enable one in providers.* or pass --providers');
   const { credential, rpcAuth } = credentialsFor(id, flags, config);
   const tls = rpcTls(flags);
   const maxSandboxes = count(flags.maxSandboxes, '--max-sandboxes') ?? config.defaults.maxSandboxes;
@@ -143,7 +147,7 @@ export function workerDaemonFromFlags(flags: WorkerFlags, config: Config, logger
     controlPlaneUrl: controlPlane,
     credential,
     rpcAuth,
-    providers: names.map((n) => buildProvider(n, config)),
+    providers,
     ...(flags.once === true ? {} : { listen: parseListen(flags.listen) }),
     ...(flags.advertiseUrl !== undefined ? { advertiseUrl: flags.advertiseUrl } : {}),
     ...(tls !== undefined ? { rpcTls: tls } : {}),
@@ -175,7 +179,7 @@ function reported<A extends unknown[]>(fn: (...args: A) => unknown): (...args: A
       await fn(...args);
     } catch (err) {
       if (!(err instanceof StacyError) && !(err instanceof ConfigError)) throw err;
-      process.stderr.write(`stacyvm: ${err instanceof StacyError ? `${err.code}: ` : ''}${err.message}\n`);
+      process.stderr.write(`error: ${err instanceof StacyError ? `${err.code}: ` : ''}${err.message}\n`);
       process.exitCode = 1;
     }
   };
@@ -209,7 +213,7 @@ export function registerWorkerCommands(program: Command): void {
       reported(async (flags: WorkerFlags) => {
         const config = loadConfig({ ...(flags.config !== undefined ? { file: flags.config } : {}) });
         const logger = pino({ level: config.logging.level, base: { service: 'stacyvm-worker' } });
-        const daemon = workerDaemonFromFlags(flags, config, logger);
+        const daemon = await workerDaemonFromFlags(flags, config, logger);
         if (flags.once === true) {
           await daemon.heartbeatOnce();
           logger.info('heartbeat sent');
