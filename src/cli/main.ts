@@ -7,6 +7,7 @@
 import { Command, Option } from 'commander';
 import { VERSION } from '../core/version.js';
 import { ApiClient, ClientError } from './client.js';
+import { registerImageCommands } from './image.js';
 
 interface GlobalOptions {
   server: string;
@@ -168,5 +169,7 @@ program
 function flush(): Promise<void> {
   return new Promise((resolve) => process.stdout.write('', () => resolve()));
 }
+
+registerImageCommands(program);
 
 program.parseAsync(process.argv).catch(fail);

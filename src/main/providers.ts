@@ -9,6 +9,7 @@ import type { Config } from '../config/types.js';
 import { StacyError } from '../core/errors.js';
 import { DockerProvider } from '../providers/docker/index.js';
 import { MockProvider, mockRootFrom } from '../providers/mock/mock-provider.js';
+import { createOciProvider } from '../providers/oci/index.js';
 import type { Provider } from '../providers/provider.js';
 import { ProviderRegistry } from '../providers/registry.js';
 
@@ -20,10 +21,14 @@ interface ProviderFactory {
   build(config: Config, log: Logger): Promise<Provider>;
 }
 
-const FACTORIES: Partial<Record<ProviderName, ProviderFactory>> = {
+const FACTORIES: Record<ProviderName, ProviderFactory> = {
   mock: {
     enabled: (c) => c.providers.mock.enabled,
     build: async (c) => new MockProvider({ root: mockRootFrom(c) }),
+  },
+  oci: {
+    enabled: (c) => c.providers.oci.enabled,
+    build: async (c) => createOciProvider(c),
   },
   docker: {
     enabled: (c) => c.providers.docker.enabled,
