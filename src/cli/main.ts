@@ -8,6 +8,7 @@ import { Command, Option } from 'commander';
 import { VERSION } from '../core/version.js';
 import { ApiClient, ClientError } from './client.js';
 import { registerImageCommands } from './image.js';
+import { registerWorkerCommands } from './worker-command.js';
 
 interface GlobalOptions {
   server: string;
@@ -171,5 +172,6 @@ function flush(): Promise<void> {
 }
 
 registerImageCommands(program);
+registerWorkerCommands(program);
 
 program.parseAsync(process.argv).catch(fail);
