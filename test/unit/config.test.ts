@@ -200,8 +200,8 @@ describe('environment variables', () => {
     expect(problemsOf(() => loadConfig({ env: { STACYVM_SERVER: 'x' } }))[0]?.key).toBe('STACYVM_SERVER');
   });
 
-  it('ignores STACYVM_CONFIG, STACYVM_API_KEY, STACYVM_TEST_* and other prefixes', () => {
-    const c = loadConfig({ env: { STACYVM_API_KEY: 'client', STACYVM_TEST_PG_DSN: 'postgres://x', STACYVM_CONFIG: '', PATH: '/bin', stacyvm_server_port: 'x' } });
+  it('ignores STACYVM_CONFIG, the client variables, STACYVM_TEST_* and other prefixes', () => {
+    const c = loadConfig({ env: { STACYVM_API_KEY: 'client', STACYVM_SERVER: 'http://127.0.0.1:1', STACYVM_CONTROL_PLANE: 'http://127.0.0.1:2', STACYVM_TEST_PG_DSN: 'postgres://x', STACYVM_CONFIG: '', PATH: '/bin', stacyvm_server_port: 'x' } });
     expect(c.auth.apiKey).toBe('');
   });
 });
