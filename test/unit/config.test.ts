@@ -197,7 +197,7 @@ describe('environment variables', () => {
   });
 
   it('a section name alone is not a key', () => {
-    expect(problemsOf(() => loadConfig({ env: { STACYVM_SERVER: 'x' } }))[0]?.key).toBe('STACYVM_SERVER');
+    expect(problemsOf(() => loadConfig({ env: { STACYVM_DATABASE: 'x' } }))[0]?.key).toBe('STACYVM_DATABASE');
   });
 
   it('ignores STACYVM_CONFIG, the client variables, STACYVM_TEST_* and other prefixes', () => {
