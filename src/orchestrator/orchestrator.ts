@@ -87,6 +87,10 @@ const HEALTH_TIMEOUT_MS = 5_000;
 const MAX_LOG_LINES = 10_000;
 /** States in which commands and file operations reach the runtime. */
 const OPERABLE_STATES: readonly SandboxState[] = ['running', 'unhealthy'];
+/** Runtime status probes per background pass: a fleet of any size costs a bounded amount per pass. */
+export const RUNTIME_CHECKS_PER_PASS = 32;
+/** The state reason of a sandbox whose runtime the background pass found stopped. */
+const RUNTIME_STOPPED = 'runtime stopped';
 
 /** Builds the orchestrator: the one implementation of SandboxService. */
 export function createOrchestrator(options: OrchestratorOptions): Orchestrator {
@@ -153,6 +157,8 @@ class LifecycleManager implements Orchestrator {
   private reapTimer: NodeJS.Timeout | undefined;
   private tickRunning: Promise<void> | undefined;
   private readonly staleWorkers = new Set<string>();
+  /** The last sandbox id the runtime check probed; the next pass continues after it. */
+  private runtimeCursor = '';
   /** Sandboxes put in `error` because their provider was down at start-up; retried by the background pass. */
   private readonly awaitingProvider = new Set<string>();
   private stopped = false;
@@ -197,13 +203,18 @@ class LifecycleManager implements Orchestrator {
     await this.tickRunning;
   }
 
-  /** One background pass: reap expired sandboxes, forget old records, keep leases, note stale workers. */
+  /**
+   * One background pass: reap expired sandboxes, forget old records and their leases, notice
+   * runtimes that died, keep leases, note stale workers.
+   */
   tick(): Promise<void> {
     if (this.tickRunning !== undefined) return this.tickRunning;
     const run = (async () => {
       for (const [name, step] of [
         ['reap', () => this.prune()],
         ['forget', () => this.forgetOld()],
+        ['prune_leases', () => this.pruneLeases()],
+        ['check_runtimes', () => this.checkRuntimes()],
         ['keep_leases', () => this.keepLeases()],
         ['watch_workers', () => this.watchWorkers()],
         ['recover', () => this.recoverProviderErrors()],
@@ -302,20 +313,14 @@ class LifecycleManager implements Orchestrator {
     return ownerId === null ? undefined : this.store.getQuota(ownerId);
   }
 
-  /** Active sandboxes per owning worker, for placement and the by-worker gauges. */
-  private async activeByWorker(): Promise<Map<string, number>> {
-    const rows = await this.store.listSandboxes({ states: ACTIVE_SANDBOX_STATES });
-    const counts = new Map<string, number>();
-    for (const r of rows) if (r.workerId !== null) counts.set(r.workerId, (counts.get(r.workerId) ?? 0) + 1);
-    return counts;
-  }
-
-  private async placement(provider: string): Promise<Placement> {
-    const [workers, counts] = await Promise.all([this.store.listWorkers(), this.activeByWorker()]);
+  private async placement(provider: string, ownerId: string | null): Promise<Placement> {
+    // One grouped query: listing every active sandbox made placement cost grow with the fleet.
+    const loads = await this.store.listWorkerLoads(ACTIVE_SANDBOX_STATES, ownerId);
     const result = place({
       localWorkerId: this.workerId,
-      workers,
-      activeByWorker: counts,
+      workers: loads.map((l) => l.worker),
+      activeByWorker: new Map(loads.map((l) => [l.worker.id, l.active])),
+      ...(ownerId !== null ? { ownerActiveByWorker: new Map(loads.map((l) => [l.worker.id, l.ownerActive])) } : {}),
       provider,
       now: this.clock.now(),
       staleAfterMs: this.config.workers.staleAfterMs,
@@ -418,7 +423,7 @@ class LifecycleManager implements Orchestrator {
         report.reason = err.message;
         return report;
       }
-      const placed = await this.placement(spec.provider);
+      const placed = await this.placement(spec.provider, spec.ownerId);
       report.scheduler = placed.status;
       if (placed.selected === null) {
         report.reason = placed.status.reason ?? 'no eligible worker';
@@ -450,7 +455,7 @@ class LifecycleManager implements Orchestrator {
   private reserve(spec: ResolvedSpawn, quota: QuotaRecord | undefined): Promise<SandboxRecord> {
     return this.admissionLock.run(async () => {
       await this.checkLimits(spec, quota);
-      const placed = await this.placement(spec.provider);
+      const placed = await this.placement(spec.provider, spec.ownerId);
       if (placed.selected === null) {
         throw new StacyError('no_eligible_worker', placed.status.reason ?? 'no eligible worker', {
           retryAfterSeconds: Math.max(1, Math.ceil(this.config.worker.heartbeatIntervalMs / 1000)),
@@ -667,6 +672,79 @@ class LifecycleManager implements Orchestrator {
     const old = await this.store.listSandboxes({ states: TERMINAL_SANDBOX_STATES });
     const ids = old.filter((r) => r.updatedAt <= cutoff).map((r) => r.id);
     return ids.length === 0 ? 0 : this.store.deleteSandboxes(ids);
+  }
+
+  /**
+   * Deletes leases that expired longer than the record retention ago and whose sandbox record
+   * is forgotten; otherwise every released lease would stay as an expired row forever.
+   */
+  private async pruneLeases(): Promise<number> {
+    const cutoff = (await this.store.now()) - this.config.server.recordRetentionMs;
+    return this.store.pruneLeases(cutoff);
+  }
+
+  /**
+   * Asks the provider about the runtimes of this worker's live sandboxes, at most
+   * RUNTIME_CHECKS_PER_PASS per pass, continuing round-robin from where the last pass stopped.
+   * A runtime that stopped makes its sandbox `unhealthy`; one that is gone makes it `destroyed`
+   * and releases its lease. A provider that is itself unhealthy is not asked: its answers would
+   * say nothing about the runtimes.
+   */
+  private async checkRuntimes(): Promise<void> {
+    const mine = (await this.store.listSandboxes({ states: OPERABLE_STATES, workerId: this.workerId }))
+      .filter((r) => r.runtimeId !== null)
+      .sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+    if (mine.length === 0) return;
+    const start = mine.findIndex((r) => r.id > this.runtimeCursor);
+    const ordered = start <= 0 ? mine : [...mine.slice(start), ...mine.slice(0, start)];
+    const batch = ordered.slice(0, RUNTIME_CHECKS_PER_PASS);
+    this.runtimeCursor = batch[batch.length - 1]?.id ?? '';
+    const usable = new Map<string, boolean>();
+    for (const record of batch) {
+      if (this.stopped) return;
+      const provider = this.providers.get(record.provider);
+      if (provider === undefined) continue;
+      if (!usable.has(provider.name)) usable.set(provider.name, (await this.healthOf(provider)).health.healthy);
+      if (usable.get(provider.name) !== true) continue;
+      try {
+        await this.sandboxLock.run(record.id, () => this.checkRuntime(record.id, provider));
+      } catch (err) {
+        this.log.warn({ err, sandboxId: record.id }, 'runtime check failed');
+      }
+    }
+  }
+
+  private async checkRuntime(id: string, provider: Provider): Promise<void> {
+    // Re-read under the lock: a destroy or extend may have finished meanwhile.
+    const record = await this.store.getSandbox(id);
+    if (record === undefined || !OPERABLE_STATES.includes(record.state) || record.runtimeId === null || record.workerId !== this.workerId) return;
+    const runtimeId = record.runtimeId;
+    const status = await withTimeout(provider.status(runtimeId), HEALTH_TIMEOUT_MS, `status of runtime ${runtimeId}`);
+    const recovered = status === 'running' && record.state === 'unhealthy' && record.stateReason === RUNTIME_STOPPED;
+    if (status === 'running' && !recovered) return;
+    if (status === 'stopped' && record.state === 'unhealthy') return;
+    // Every change to the record happens under its lease; another holder's sandbox is left alone.
+    try {
+      await this.acquireLease(id);
+    } catch (err) {
+      if (isStacyError(err, 'lease_conflict')) return;
+      throw err;
+    }
+    const now = this.clock.now();
+    if (status === 'missing') {
+      const reason = `runtime ${runtimeId} is missing`;
+      await this.store.updateSandbox(id, { state: 'destroyed', stateReason: reason, updatedAt: now });
+      await this.releaseLease(id);
+      this.log.warn({ sandboxId: id, runtimeId }, 'runtime disappeared; sandbox marked destroyed');
+      this.emit('sandbox.destroyed', { sandboxId: id, workerId: this.workerId, data: { provider: record.provider, ownerId: record.ownerId, reason } });
+    } else if (status === 'stopped') {
+      await this.store.updateSandbox(id, { state: 'unhealthy', stateReason: RUNTIME_STOPPED, updatedAt: now });
+      this.log.warn({ sandboxId: id, runtimeId }, 'runtime stopped; sandbox marked unhealthy');
+      this.emit('sandbox.error', { sandboxId: id, workerId: this.workerId, data: { phase: 'health', reason: RUNTIME_STOPPED, runtimeId } });
+    } else {
+      await this.store.updateSandbox(id, { state: 'running', stateReason: null, updatedAt: now });
+      this.log.info({ sandboxId: id, runtimeId }, 'runtime running again; sandbox marked running');
+    }
   }
 
   /** Renews this worker's leases on its live sandboxes before they lapse. */
@@ -1395,6 +1473,22 @@ class LifecycleManager implements Orchestrator {
     }
     this.log.info({ sandboxId: id, runtimeId: info.runtimeId, provider: provider.name }, 'reconcile: adopted unknown runtime');
     this.emit('sandbox.adopted', { sandboxId: id, workerId: this.workerId, data: { provider: provider.name, runtimeId: info.runtimeId } });
+  }
+}
+
+/** Rejects when `promise` has not settled within `ms`. */
+async function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([
+      promise,
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new StacyError('timeout', `${what} did not answer within ${formatDuration(ms)}`)), ms);
+        timer.unref();
+      }),
+    ]);
+  } finally {
+    if (timer !== undefined) clearTimeout(timer);
   }
 }
 

@@ -9,6 +9,11 @@ export interface PlacementInput {
   activeByWorker: ReadonlyMap<string, number>;
   /** The provider the sandbox needs. */
   provider: string;
+  /**
+   * The new sandbox's owner's active sandboxes per worker id, checked against each worker's
+   * declared `maxSandboxesPerOwner`. Absent when the sandbox has no owner.
+   */
+  ownerActiveByWorker?: ReadonlyMap<string, number>;
   now: number;
   staleAfterMs: number;
 }
@@ -33,12 +38,16 @@ export function ineligibility(worker: WorkerRecord, input: Omit<PlacementInput, 
   const max = worker.capacity.maxSandboxes;
   // 0/absent means the worker declared no limit of its own.
   if (max !== undefined && max > 0 && (input.activeByWorker.get(worker.id) ?? 0) >= max) return 'at capacity';
+  const perOwner = worker.capacity.maxSandboxesPerOwner;
+  if (input.ownerActiveByWorker !== undefined && perOwner !== undefined && perOwner > 0 && (input.ownerActiveByWorker.get(worker.id) ?? 0) >= perOwner) {
+    return 'at its per-owner limit';
+  }
   return null;
 }
 
 /**
  * Chooses the worker for a new sandbox: among online, fresh workers that run the provider and
- * are below their declared capacity, the local worker when it is eligible, otherwise the least
+ * are below their declared capacity (in total and for the sandbox's owner), the local worker when it is eligible, otherwise the least
  * loaded one (ties broken by id so the choice is deterministic). A stale local record is not
  * special-cased: the heartbeat loop is what keeps it eligible.
  */

@@ -33,6 +33,7 @@ import type {
   SandboxPatch,
   Store,
   TemplatePatch,
+  WorkerLoad,
 } from './store.js';
 
 /** What a database error means to the store; anything else is rethrown unchanged. */
@@ -284,6 +285,23 @@ export class KyselyStore implements Store {
     return rows.map(rowToWorker);
   }
 
+  async listWorkerLoads(states: readonly SandboxState[], ownerId: string | null): Promise<WorkerLoad[]> {
+    rejectNul(states, ownerId);
+    if (states.length === 0) return (await this.listWorkers()).map((worker) => ({ worker, active: 0, ownerActive: 0 }));
+    const result = await sql<Selectable<WorkersTable> & { active: number | string; owner_active: number | string | null }>`
+      SELECT w.id, w.hostname, w.status, w.providers, w.capabilities, w.capacity, w.last_heartbeat, w.created_at, w.updated_at,
+        COALESCE(c.active, 0) AS active, COALESCE(c.owner_active, 0) AS owner_active
+      FROM workers w LEFT JOIN (
+        SELECT worker_id, COUNT(*) AS active, SUM(CASE WHEN owner_id = ${ownerId} THEN 1 ELSE 0 END) AS owner_active
+        FROM sandboxes
+        WHERE state IN (${sql.join([...states])}) AND worker_id IS NOT NULL
+        GROUP BY worker_id
+      ) c ON c.worker_id = w.id
+      ORDER BY w.id
+    `.execute(this.db);
+    return result.rows.map((row) => ({ worker: rowToWorker(row), active: Number(row.active), ownerActive: Number(row.owner_active ?? 0) }));
+  }
+
   async deleteWorker(id: string): Promise<void> {
     rejectNul(id);
     const result = await this.db.deleteFrom('workers').where('id', '=', id).executeTakeFirst();
@@ -299,11 +317,13 @@ export class KyselyStore implements Store {
     checkTtl(input.ttlMs);
     // The conflict branch only fires for the same holder or an expired lease; otherwise no row
     // comes back. On PostgreSQL a concurrent acquire waits for the row lock and re-checks the
-    // WHERE against the committed row, so at most one of them wins.
+    // WHERE against the committed row, so at most one of them wins. The floor is read under a
+    // share lock there: a prune running meanwhile then either waits for this acquire or has
+    // committed its raised floor before this statement reads it, never in between.
     const result = await sql<LeasesTable>`
       INSERT INTO leases (resource_id, resource_type, holder_id, generation, expires_at, created_at, updated_at)
-      SELECT ${input.resourceId}, ${input.resourceType}, ${input.holderId}, 1, n.now + ${input.ttlMs}, n.now, n.now
-      FROM (SELECT ${this.adapter.nowExpression()} AS now) AS n
+      SELECT ${input.resourceId}, ${input.resourceType}, ${input.holderId}, n.floor + 1, n.now + ${input.ttlMs}, n.now, n.now
+      FROM (SELECT ${this.adapter.nowExpression()} AS now, (SELECT generation FROM lease_floor WHERE id = 1${this.floorLock()}) AS floor) AS n
       WHERE true
       ON CONFLICT (resource_id) DO UPDATE SET
         resource_type = excluded.resource_type,
@@ -361,6 +381,42 @@ export class KyselyStore implements Store {
     if (row !== undefined && row.holder_id !== holderId && Boolean(row.live)) {
       throw new StacyError('lease_conflict', `lease on ${JSON.stringify(resourceId)} is held by another holder`);
     }
+  }
+
+  /**
+   * Floor first, then the delete: once the floor covers a row's generation, deleting the row
+   * cannot let a later acquire restart below it. The delete re-checks expiry and the floor, so
+   * a row re-acquired in between (new expiry, higher generation) stays.
+   *
+   * On PostgreSQL both are one statement, so the floor row stays locked until the delete
+   * commits and an acquire (which reads the floor under a share lock) sees either neither or
+   * both. SQLite runs one writer at a time and every statement reads the latest data, so two
+   * statements are enough there.
+   */
+  async pruneLeases(expiredBefore: number): Promise<number> {
+    if (!Number.isSafeInteger(expiredBefore)) throw badRequest(`lease prune cutoff must be an integer of epoch milliseconds, got ${expiredBefore}`);
+    // Never a live lease, whatever cutoff the caller passes; and a sandbox lease only once the
+    // sandbox record has been forgotten, so nobody can still be working under it.
+    const prunable = sql<boolean>`leases.expires_at <= ${expiredBefore} AND leases.expires_at <= ${this.adapter.nowExpression()}
+      AND (leases.resource_type <> 'sandbox' OR NOT EXISTS (SELECT 1 FROM sandboxes s WHERE s.id = leases.resource_id))`;
+    const highest = sql`(SELECT COALESCE(MAX(leases.generation), 0) FROM leases WHERE ${prunable})`;
+    if (this.dialect === 'postgres') {
+      const result = await sql`
+        WITH floor AS (UPDATE lease_floor SET generation = GREATEST(generation, ${highest}) WHERE id = 1 RETURNING generation)
+        DELETE FROM leases WHERE ${prunable} AND leases.generation <= (SELECT generation FROM floor)
+      `.execute(this.db);
+      return Number(result.numAffectedRows ?? 0);
+    }
+    await sql`UPDATE lease_floor SET generation = MAX(generation, ${highest}) WHERE id = 1`.execute(this.db);
+    const result = await sql`
+      DELETE FROM leases WHERE ${prunable} AND leases.generation <= (SELECT generation FROM lease_floor WHERE id = 1)
+    `.execute(this.db);
+    return Number(result.numAffectedRows ?? 0);
+  }
+
+  /** Row-lock clause for reading the lease floor inside an acquire; SQLite needs none. */
+  private floorLock(): RawBuilder<unknown> {
+    return this.dialect === 'postgres' ? sql.raw(' FOR SHARE') : sql.raw('');
   }
 
   async getLease(resourceId: string): Promise<LeaseRecord | undefined> {

@@ -134,6 +134,20 @@ export const MIGRATIONS: readonly Migration[] = [
       )`,
     ],
   },
+  {
+    version: 4,
+    name: 'lease generation floor',
+    // Pruning deletes old lease rows; a later acquire of the same resource then inserts a new
+    // row. Its generation starts above this floor, which pruning raises to the highest
+    // generation it deleted, so the fencing token of a resource never goes backwards.
+    statements: (d) => [
+      `CREATE TABLE lease_floor (
+        id ${t(d).int} PRIMARY KEY,
+        generation ${t(d).ms} NOT NULL
+      )`,
+      'INSERT INTO lease_floor (id, generation) VALUES (1, 0)',
+    ],
+  },
 ];
 
 /** The bookkeeping table; created before the lock-protected check of applied versions. */

@@ -74,6 +74,12 @@ export interface LeasesTable {
   updated_at: number;
 }
 
+/** One row (id = 1): every generation ever pruned is at or below `generation`. */
+export interface LeaseFloorTable {
+  id: number;
+  generation: number;
+}
+
 export interface QuotasTable {
   owner_id: string;
   max_sandboxes: number | null;
@@ -95,6 +101,7 @@ export interface Database {
   templates: TemplatesTable;
   workers: WorkersTable;
   leases: LeasesTable;
+  lease_floor: LeaseFloorTable;
   quotas: QuotasTable;
   schema_migrations: SchemaMigrationsTable;
 }

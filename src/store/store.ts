@@ -20,6 +20,15 @@ export interface SandboxFilter {
 export type SandboxPatch = Partial<Omit<SandboxRecord, 'id' | 'createdAt'>>;
 export type TemplatePatch = Partial<Omit<TemplateRecord, 'name' | 'createdAt'>>;
 
+/** A worker with the count of its sandboxes in the asked-for states. */
+export interface WorkerLoad {
+  worker: WorkerRecord;
+  /** Its sandboxes in the given states. */
+  active: number;
+  /** Of those, the ones of the given owner (0 when no owner was given). */
+  ownerActive: number;
+}
+
 export interface AcquireLeaseInput {
   resourceId: string;
   resourceType: string;
@@ -72,6 +81,11 @@ export interface Store {
   listWorkers(): Promise<WorkerRecord[]>;
   /** `not_found` when missing. */
   deleteWorker(id: string): Promise<void>;
+  /**
+   * Every registered worker, by id, with its count of sandboxes in `states`, in total and of
+   * `ownerId`: what placement needs, in one query instead of a list of every sandbox.
+   */
+  listWorkerLoads(states: readonly SandboxState[], ownerId: string | null): Promise<WorkerLoad[]>;
 
   /**
    * Succeeds when no lease exists, the lease has expired, or `holderId` already holds it; every
@@ -85,6 +99,13 @@ export interface Store {
   /** Only the current holder; `lease_conflict` when someone else holds it. Missing lease is a no-op. */
   releaseLease(resourceId: string, holderId: string): Promise<void>;
   getLease(resourceId: string): Promise<LeaseRecord | undefined>;
+  /**
+   * Deletes leases that expired at or before `expiredBefore` (store-clock epoch ms) and whose
+   * resource is gone: for `sandbox` leases, no sandbox record with that id exists any more.
+   * Returns rows removed. Generations stay monotonic: a later acquire of a pruned resource
+   * starts above every generation ever pruned.
+   */
+  pruneLeases(expiredBefore: number): Promise<number>;
   listLeases(filter?: { holderId?: string }): Promise<LeaseRecord[]>;
 
   getQuota(ownerId: string): Promise<QuotaRecord | undefined>;

@@ -321,6 +321,38 @@ export function storeContract(factory: StoreContractFactory): void {
       expect((await store.listWorkers()).map((w) => w.id)).toEqual(['wb']);
       await expect(store.deleteWorker('wa')).rejects.toMatchObject({ code: 'not_found' });
     });
+
+    it('listWorkerLoads gives every worker, by id, with its sandboxes in the given states, in total and of one owner', async () => {
+      const store = await freshStore();
+      const cap = { maxSandboxes: 5, maxSandboxesPerOwner: 2 };
+      await store.saveWorker(worker('wb', { capacity: cap, providers: ['mock'] }));
+      await store.saveWorker(worker('wa'));
+      await store.saveWorker(worker('wc'));
+      const rows: Array<[string, SandboxRecord['state'], string | null, string | null]> = [
+        ['sb-1', 'running', 'wa', 'alice'],
+        ['sb-2', 'creating', 'wa', 'bob'],
+        ['sb-3', 'destroyed', 'wa', 'alice'],
+        ['sb-4', 'running', 'wb', 'alice'],
+        ['sb-5', 'running', 'wb', 'alice'],
+        ['sb-6', 'running', 'gone-worker', 'alice'],
+        ['sb-7', 'running', null, 'alice'],
+        ['sb-8', 'error', 'wb', null],
+      ];
+      for (const [id, state, workerId, ownerId] of rows) await store.createSandbox(sandbox(id, { state, workerId, ownerId }));
+      const loads = await store.listWorkerLoads(['creating', 'running', 'error'], 'alice');
+      expect(loads.map((l) => [l.worker.id, l.active, l.ownerActive])).toEqual([
+        ['wa', 2, 1],
+        ['wb', 3, 2],
+        ['wc', 0, 0],
+      ]);
+      expect(loads[1]?.worker).toEqual(await store.getWorker('wb'));
+      expect((await store.listWorkerLoads(['running'], null)).map((l) => [l.worker.id, l.active, l.ownerActive])).toEqual([
+        ['wa', 1, 0],
+        ['wb', 2, 0],
+        ['wc', 0, 0],
+      ]);
+      expect((await store.listWorkerLoads([], 'alice')).map((l) => l.active)).toEqual([0, 0, 0]);
+    });
   });
 
   describe('quotas', () => {
@@ -452,6 +484,43 @@ export function storeContract(factory: StoreContractFactory): void {
       await expect(store.renewLease('r1', 'h1', 0)).rejects.toMatchObject({ code: 'bad_request' });
     });
 
+    it('pruneLeases deletes only long-expired leases whose resource is gone, never a live one', async () => {
+      const store = await freshStore();
+      await store.createSandbox(sandbox('sb-kept'));
+      const kept = await store.acquireLease({ resourceId: 'sb-kept', resourceType: 'sandbox', holderId: 'h1', ttlMs: 50 });
+      const gone = await store.acquireLease({ resourceId: 'sb-gone', resourceType: 'sandbox', holderId: 'h1', ttlMs: 50 });
+      const other = await acquire(store, 'pool-1', 'h1', 50);
+      const live = await store.acquireLease({ resourceId: 'sb-live', resourceType: 'sandbox', holderId: 'h2', ttlMs: 60_000 });
+      await untilStoreTime(store, Math.max(kept.expiresAt, gone.expiresAt, other.expiresAt));
+      // A cutoff before their expiry keeps everything.
+      expect(await store.pruneLeases(gone.expiresAt - 1)).toBe(0);
+      // A cutoff in the future still never reaches a live lease.
+      const now = await store.now();
+      expect(await store.pruneLeases(now + 3_600_000)).toBe(2);
+      expect((await store.listLeases()).map((l) => l.resourceId)).toEqual(['sb-kept', 'sb-live']);
+      expect(await store.getLease('sb-live')).toEqual(live);
+      expect(await store.pruneLeases(now + 3_600_000)).toBe(0);
+      await expect(store.pruneLeases(Number.NaN)).rejects.toMatchObject({ code: 'bad_request' });
+    });
+
+    it('a pruned resource acquired again continues above every pruned generation (the fencing token never goes back)', async () => {
+      const store = await freshStore();
+      let last = await acquire(store, 'r-old', 'a', 30_000);
+      for (let i = 0; i < 4; i++) last = await store.renewLease('r-old', 'a', 30_000);
+      expect(last.generation).toBe(5);
+      await store.releaseLease('r-old', 'a');
+      await acquire(store, 'r-young', 'b', 30_000);
+      await store.releaseLease('r-young', 'b');
+      await untilStoreTime(store, last.updatedAt);
+      expect(await store.pruneLeases(await store.now())).toBe(2);
+      expect(await store.getLease('r-old')).toBeUndefined();
+      const again = await acquire(store, 'r-old', 'c');
+      expect(again.generation).toBeGreaterThan(last.generation);
+      // Resources never pruned keep their own sequence; new ones start above the floor too.
+      expect((await acquire(store, 'r-new', 'c')).generation).toBeGreaterThan(last.generation);
+      expect((await store.renewLease('r-old', 'c', 30_000)).generation).toBe(again.generation + 1);
+    });
+
     it('concurrent acquires of one free resource from separate connections have exactly one winner', async () => {
       const options = await factory.fresh();
       const stores = Array.from({ length: 8 }, () => open(options));
@@ -468,6 +537,34 @@ export function storeContract(factory: StoreContractFactory): void {
   });
 
   describe('lease race', () => {
+    it('pruning expired leases while 6 racers hammer them never lowers a generation or lets two hold at once', async () => {
+      const options = await factory.fresh();
+      const racers = Array.from({ length: 6 }, () => open({ ...options, poolSize: 1 }));
+      const pruner = open({ ...options, poolSize: 1 });
+      await pruner.migrate();
+      const resources = ['prune-a', 'prune-b'];
+      let racing = true;
+      let pruned = 0;
+      const pruning = (async () => {
+        while (racing) {
+          // Everything expired by now goes: racer leases are not sandbox leases, so nothing else guards them.
+          pruned += await pruner.pruneLeases(await pruner.now());
+          await sleep(2);
+        }
+      })();
+      let results: RacerResult[];
+      try {
+        results = await Promise.all(racers.map((s, i) => runLeaseRacer(s, { holderId: `pr-${i}`, resources, durationMs: 2000, ttlMs: [10, 40], pace: 'paced' })));
+      } finally {
+        racing = false;
+        await pruning;
+      }
+      const events = results.flatMap((r) => r.events);
+      expect(checkLeaseHistory(events)).toEqual([]);
+      expect(pruned).toBeGreaterThan(0);
+      expect(new Set(events.map((e) => e.resourceId))).toEqual(new Set(resources));
+    }, 60_000);
+
     it(
       '8 racers on separate connections and processes never share a resource, and generations only grow',
       async () => {

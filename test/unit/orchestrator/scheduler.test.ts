@@ -79,6 +79,18 @@ describe('placement', () => {
     expect(full.status.eligibleWorkers).toBe(1);
   });
 
+  it("respects a worker's declared per-owner limit for the sandbox's owner; zero or absent means unlimited", () => {
+    const workers = [worker('local', { capacity: { maxSandboxesPerOwner: 2 } }), worker('w2', { capacity: { maxSandboxesPerOwner: 0 } })];
+    expect(place(input(workers, { local: 5 }, { ownerActiveByWorker: new Map([['local', 1]]) })).selected?.id).toBe('local');
+    const full = place(input(workers, { local: 5, w2: 9 }, { ownerActiveByWorker: new Map([['local', 2]]) }));
+    expect(full.selected?.id).toBe('w2');
+    expect(full.status.eligibleWorkers).toBe(1);
+    // No owner, no per-owner limit.
+    expect(place(input(workers, { local: 5 })).selected?.id).toBe('local');
+    const nobody = place(input([workers[0]!], {}, { ownerActiveByWorker: new Map([['local', 2]]) }));
+    expect(nobody.status.reason).toMatch(/local: at its per-owner limit/);
+  });
+
   it('reports no selection and a reason when nobody is eligible', () => {
     const r = place(input([worker('local', { status: 'offline' }), worker('w2', { providers: ['docker'] })]));
     expect(r.selected).toBeNull();

@@ -157,6 +157,29 @@ export function workerSuites(dialect: string, openStore: StoreFactory): void {
       expect((await h.orch.spawn({}, anon)).workerId).toBe('local');
     });
 
+    it("honours a worker's declared per-owner limit: the owner's next sandbox goes elsewhere or nowhere", async () => {
+      h = await harness();
+      await h.orch.heartbeat('local', beat({ hostname: 'me', capacity: { maxSandboxes: 10, maxSandboxesPerOwner: 1 } }));
+      const first = await h.orch.spawn({ ownerId: 'alice' }, anon);
+      expect(first.workerId).toBe('local');
+      const err = await rejection(h.orch.spawn({ ownerId: 'alice' }, anon));
+      expect(err.code).toBe('no_eligible_worker');
+      expect(err.message).toMatch(/local: at its per-owner limit/);
+      const report = await h.orch.admission({ ownerId: 'alice' }, anon);
+      expect(report).toMatchObject({ allowed: false, scheduler: { selectedWorkerId: null, eligibleWorkers: 0 } });
+      // Other owners still fit, and anonymous sandboxes are not counted against any owner.
+      expect((await h.orch.spawn({ ownerId: 'bob' }, anon)).workerId).toBe('local');
+      expect((await h.orch.spawn({}, anon)).workerId).toBe('local');
+      // With a remote worker that has room for alice, placement selects it (and refuses honestly).
+      await h.orch.heartbeat('w2', beat({ capacity: { maxSandboxes: 10, maxSandboxesPerOwner: 1 } }));
+      expect((await rejection(h.orch.spawn({ ownerId: 'alice' }, anon))).code).toBe('remote_worker_rpc_unavailable');
+      expect((await h.orch.admission({ ownerId: 'alice' }, anon)).scheduler).toMatchObject({ selectedWorkerId: 'w2', eligibleWorkers: 1 });
+      expect(await h.store.countSandboxes({ ownerId: 'alice' })).toBe(1);
+      // Once alice's sandbox is gone, local takes her again.
+      await h.orch.destroy(first.id, anon);
+      expect((await h.orch.spawn({ ownerId: 'alice' }, anon)).workerId).toBe('local');
+    });
+
     it('counts the local worker capacity and provider support', async () => {
       h = await harness();
       await h.orch.heartbeat('local', beat({ hostname: 'me', capacity: { maxSandboxes: 1 } }));
@@ -195,6 +218,42 @@ export function workerSuites(dialect: string, openStore: StoreFactory): void {
       expect(acquire).toBeGreaterThanOrEqual(0);
       expect(create).toBeGreaterThan(acquire);
       await o.destroy(sb.id, anon);
+    });
+
+    it('destroy and adoption take the lease before touching the provider or the store', async () => {
+      h = await harness();
+      const sb = await h.orch.spawn({}, anon);
+      await h.orch.stop();
+      const { runtimeId: unknownRuntime } = await h.mock.spawn({ sandboxId: 'sb-0000abcd', image: 'x', memoryMb: 64, vcpus: 1, ownerId: null, workerId: 'local', env: {}, labels: {} });
+      const calls: string[] = [];
+      const provider = new Proxy(h.mock, {
+        get(target, prop, receiver) {
+          const v = Reflect.get(target, prop, receiver) as unknown;
+          if (typeof v !== 'function') return v;
+          return (...args: unknown[]) => {
+            if (prop === 'destroy') calls.push(`provider.destroy:${String(args[0])}`);
+            return (v as (...a: unknown[]) => unknown).apply(target, args);
+          };
+        },
+      });
+      const { createOrchestrator } = await import('../../../src/orchestrator/index.js');
+      const o = createOrchestrator({ config: h.config, store: recording(h.store, calls), providers: [provider], clock: h.clock, version: 't' });
+      await o.start();
+      try {
+        const adoptLease = calls.indexOf('acquireLease:sb-0000abcd');
+        expect(adoptLease).toBeGreaterThanOrEqual(0);
+        expect(calls.indexOf('createSandbox:sb-0000abcd')).toBeGreaterThan(adoptLease);
+        calls.length = 0;
+        await o.destroy(sb.id, anon);
+        const lease = calls.indexOf(`acquireLease:${sb.id}`);
+        expect(lease).toBeGreaterThanOrEqual(0);
+        expect(calls.indexOf(`provider.destroy:${sb.runtimeId}`)).toBeGreaterThan(lease);
+        expect(calls.indexOf(`updateSandbox:${sb.id}`)).toBeGreaterThan(lease);
+        expect(calls.indexOf(`releaseLease:${sb.id}`)).toBeGreaterThan(calls.indexOf(`updateSandbox:${sb.id}`));
+        expect(await h.mock.status(unknownRuntime)).toBe('running');
+      } finally {
+        await o.stop();
+      }
     });
 
     it('does not create anything when the lease is held elsewhere', async () => {
@@ -256,6 +315,113 @@ export function workerSuites(dialect: string, openStore: StoreFactory): void {
       expect((await h.store.getSandbox(sb.id))?.state).toBe('destroyed');
       expect(await h.mock.status(sb.runtimeId as string)).toBe('missing');
       expect(await leaseHolder(h.store, sb.id)).toBeNull();
+    });
+  });
+
+  describe('background pass', () => {
+    /** An orchestrator over the harness store whose mock reports `stopped` for the given runtimes. */
+    async function withStoppable(stopped: Set<string>, statusCalls: string[] = []) {
+      const { createOrchestrator } = await import('../../../src/orchestrator/index.js');
+      const provider = new Proxy(h.mock, {
+        get(target, prop, receiver) {
+          if (prop === 'status') {
+            return async (runtimeId: string) => {
+              statusCalls.push(runtimeId);
+              return stopped.has(runtimeId) ? 'stopped' : target.status(runtimeId);
+            };
+          }
+          const v = Reflect.get(target, prop, receiver) as unknown;
+          return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+        },
+      });
+      const o = createOrchestrator({ config: h.config, store: h.store, providers: [provider], clock: h.clock, version: 't' });
+      o.subscribe((e) => h.events.push(e));
+      await o.start();
+      const tick = (): Promise<void> => (o as unknown as { tick(): Promise<void> }).tick();
+      return { o, tick };
+    }
+
+    it('notices runtimes that died while running: stopped → unhealthy, missing → destroyed with the lease released', async () => {
+      h = await harness();
+      const gone = await h.orch.spawn({}, anon);
+      const halted = await h.orch.spawn({}, anon);
+      const fine = await h.orch.spawn({}, anon);
+      const theirs = await h.orch.spawn({}, anon);
+      await h.orch.stop();
+      const stopped = new Set<string>();
+      const { o, tick } = await withStoppable(stopped);
+      try {
+        // The runtimes die after start-up, while the server runs.
+        stopped.add(halted.runtimeId as string);
+        await h.mock.destroy(gone.runtimeId as string);
+        await h.mock.destroy(theirs.runtimeId as string);
+        // Another worker holds this one's lease: the pass must leave it exactly as it is.
+        await h.store.releaseLease(theirs.id, 'local');
+        await h.store.acquireLease({ resourceId: theirs.id, resourceType: 'sandbox', holderId: 'w2', ttlMs: 60_000 });
+        const theirsBefore = await h.store.getSandbox(theirs.id);
+        await tick();
+        expect(await h.store.getSandbox(gone.id)).toMatchObject({ state: 'destroyed', stateReason: `runtime ${gone.runtimeId} is missing` });
+        expect(await leaseHolder(h.store, gone.id)).toBeNull();
+        expect(await h.store.getSandbox(halted.id)).toMatchObject({ state: 'unhealthy', stateReason: 'runtime stopped' });
+        expect(await leaseHolder(h.store, halted.id)).toBe('local');
+        expect((await h.store.getSandbox(fine.id))?.state).toBe('running');
+        expect(await h.store.getSandbox(theirs.id)).toEqual(theirsBefore);
+        expect(h.events.filter((e) => e.type === 'sandbox.destroyed').map((e) => e.sandboxId)).toEqual([gone.id]);
+        expect(h.events.find((e) => e.type === 'sandbox.error' && e.sandboxId === halted.id)?.data).toMatchObject({ phase: 'health', reason: 'runtime stopped' });
+        // Once per change: a second pass emits nothing new.
+        const count = h.events.length;
+        await tick();
+        expect(h.events).toHaveLength(count);
+        // The runtime comes back: so does the sandbox.
+        stopped.clear();
+        await tick();
+        expect(await h.store.getSandbox(halted.id)).toMatchObject({ state: 'running', stateReason: null });
+      } finally {
+        await o.stop();
+      }
+    });
+
+    it('probes a bounded number of runtimes per pass and reaches every one over successive passes', async () => {
+      h = await harness();
+      const n = 35;
+      const ids = new Set<string>();
+      for (let i = 0; i < n; i++) ids.add((await h.orch.spawn({}, anon)).runtimeId as string);
+      await h.orch.stop();
+      const calls: string[] = [];
+      const { o, tick } = await withStoppable(new Set(), calls);
+      try {
+        calls.length = 0;
+        await tick();
+        const first = calls.length;
+        expect(first).toBeGreaterThan(0);
+        expect(first).toBeLessThan(n);
+        await tick();
+        expect(new Set(calls)).toEqual(ids);
+      } finally {
+        await o.stop();
+      }
+    });
+
+    it('prunes leases of forgotten sandboxes after the retention, so expired leases do not pile up', async () => {
+      h = await harness({ config: { server: { recordRetentionMs: 50 } } });
+      const done = await h.orch.spawn({}, anon);
+      const live = await h.orch.spawn({}, anon);
+      await h.orch.destroy(done.id, anon);
+      const released = await h.store.getLease(done.id);
+      const looped = await h.restart({ reconcile: { reapIntervalMs: 20 } });
+      try {
+        h.clock.advance(60_000);
+        await vi.waitFor(async () => expect(await h.store.getLease(done.id)).toBeUndefined(), { timeout: 5000, interval: 20 });
+        expect(await h.store.getSandbox(done.id)).toBeUndefined();
+        expect(await leaseHolder(h.store, live.id)).toBe('local');
+        const prom = await looped.prometheus();
+        expect(prom.body).toMatch(/stacyvm_leases_total\{status="expired"\} 0/);
+        // Were that id ever leased again, its fencing token would continue upwards.
+        const again = await h.store.acquireLease({ resourceId: done.id, resourceType: 'sandbox', holderId: 'local', ttlMs: 1000 });
+        expect(again.generation).toBeGreaterThan(released?.generation ?? Infinity);
+      } finally {
+        await looped.stop();
+      }
     });
   });
 
