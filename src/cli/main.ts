@@ -1,12 +1,14 @@
 #!/usr/bin/env node
 /**
- * `stacyvm`: runs the server (`serve`) and drives a running one (spawn, exec, list, kill).
+ * `stacyvm`: runs the server (`serve`), drives a running one (spawn, exec, list, kill) and
+ * manages the local image store (`image …`).
  * Errors print as one line, `error: <code>: <message>`, and exit non-zero; `exec` exits with
  * the command's own exit code.
  */
 import { Command, Option } from 'commander';
 import { VERSION } from '../core/version.js';
 import { ApiClient, ClientError } from './client.js';
+import { registerImageCommands } from './image.js';
 
 interface GlobalOptions {
   server: string;
@@ -164,6 +166,8 @@ program
     await client(cmd).json('DELETE', `/sandboxes/${encodeURIComponent(id)}`);
     console.log(`destroyed ${id}`);
   });
+
+registerImageCommands(program);
 
 function flush(): Promise<void> {
   return new Promise((resolve) => process.stdout.write('', () => resolve()));

@@ -9,6 +9,7 @@ import type { Config } from '../config/types.js';
 import { StacyError } from '../core/errors.js';
 import { DockerProvider } from '../providers/docker/index.js';
 import { MockProvider, mockRootFrom } from '../providers/mock/mock-provider.js';
+import { createOciProvider } from '../providers/oci/index.js';
 import type { Provider } from '../providers/provider.js';
 import { ProviderRegistry } from '../providers/registry.js';
 
@@ -24,6 +25,11 @@ const FACTORIES: Partial<Record<ProviderName, ProviderFactory>> = {
   mock: {
     enabled: (c) => c.providers.mock.enabled,
     build: async (c) => new MockProvider({ root: mockRootFrom(c) }),
+  },
+  // Healthy only when runc works here and the default image is installed, which is what auto asks.
+  oci: {
+    enabled: (c) => c.providers.oci.enabled,
+    build: async (c) => createOciProvider(c),
   },
   docker: {
     enabled: (c) => c.providers.docker.enabled,
