@@ -21,7 +21,7 @@ interface ProviderFactory {
   build(config: Config, log: Logger): Promise<Provider>;
 }
 
-const FACTORIES: Partial<Record<ProviderName, ProviderFactory>> = {
+const FACTORIES: Record<ProviderName, ProviderFactory> = {
   mock: {
     enabled: (c) => c.providers.mock.enabled,
     build: async (c) => new MockProvider({ root: mockRootFrom(c) }),
