@@ -326,6 +326,31 @@ export function quotaIn(body: QuotaBodyT): Omit<QuotaRecord, 'ownerId' | 'update
 
 // ---------- domain → wire ----------
 
+/**
+ * Keys whose values are maps keyed by data (states, worker ids, operation names): their own
+ * keys are kept verbatim, only the values inside are converted.
+ */
+const DATA_KEYED = new Set(['byState', 'byWorker', 'byProvider', 'byHolder', 'operations', 'workerTokens', 'metadata', 'env']);
+
+const snake = (key: string): string => key.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`);
+
+/** Converts a free-form domain object (metrics, redacted config) to snake_case keys, deeply. */
+export function snakeKeys(value: unknown): unknown {
+  if (Array.isArray(value)) return value.map(snakeKeys);
+  if (value === null || typeof value !== 'object') return value;
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(value)) {
+    if (DATA_KEYED.has(k) && v !== null && typeof v === 'object' && !Array.isArray(v)) {
+      const inner: Record<string, unknown> = {};
+      for (const [dk, dv] of Object.entries(v)) inner[dk] = snakeKeys(dv);
+      out[snake(k)] = inner;
+    } else {
+      out[snake(k)] = snakeKeys(v);
+    }
+  }
+  return out;
+}
+
 /** Renders a sandbox; `previewDomain` (server config) yields `<id>.<domain>` when set. */
 export function sandboxOut(s: SandboxRecord, previewDomain: string): Static<typeof SandboxWire> {
   const out: Static<typeof SandboxWire> = {
@@ -418,10 +443,10 @@ export function providerDetailOut(p: ProviderDetail): Static<typeof ProviderDeta
   const health: Static<typeof ProviderDetailWire>['health'] = {
     healthy: p.health.healthy,
     latency_ms: p.health.latencyMs,
-    details: p.health.details,
+    details: snakeKeys(p.health.details) as Record<string, unknown>,
   };
   if (p.health.error !== undefined) health.error = p.health.error;
-  return { name: p.name, healthy: p.healthy, default: p.default, sandbox_count: p.sandboxCount, health, config: p.config };
+  return { name: p.name, healthy: p.healthy, default: p.default, sandbox_count: p.sandboxCount, health, config: snakeKeys(p.config) as Record<string, unknown> };
 }
 
 function capacityOut(c: WorkerCapacity): Static<typeof CapacityWire> {
@@ -503,6 +528,6 @@ export function diagnosticsOut(d: Diagnostics): Static<typeof DiagnosticsWire> {
     },
     providers: d.providers.map(providerSummaryOut),
     store: d.store,
-    config: d.config,
+    config: snakeKeys(d.config) as Record<string, unknown>,
   };
 }

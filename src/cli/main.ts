@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 /**
- * `stacyvm`: runs the server (`serve`) and drives a running one (spawn, exec, list, kill).
+ * `stacyvm`: runs the server (`serve`), drives a running one (spawn, exec, list, kill) and
+ * manages the local image store (`image …`).
  * Errors print as one line, `error: <code>: <message>`, and exit non-zero; `exec` exits with
  * the command's own exit code.
  */
@@ -167,11 +168,11 @@ program
     console.log(`destroyed ${id}`);
   });
 
+registerImageCommands(program);
+registerWorkerCommands(program);
+
 function flush(): Promise<void> {
   return new Promise((resolve) => process.stdout.write('', () => resolve()));
 }
-
-registerImageCommands(program);
-registerWorkerCommands(program);
 
 program.parseAsync(process.argv).catch(fail);

@@ -26,6 +26,7 @@ const FACTORIES: Record<ProviderName, ProviderFactory> = {
     enabled: (c) => c.providers.mock.enabled,
     build: async (c) => new MockProvider({ root: mockRootFrom(c) }),
   },
+  // Healthy only when runc works here and the default image is installed, which is what auto asks.
   oci: {
     enabled: (c) => c.providers.oci.enabled,
     build: async (c) => createOciProvider(c),

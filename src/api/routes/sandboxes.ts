@@ -184,7 +184,8 @@ async function streamExec(req: FastifyRequest<{ Params: { id: string } }>, reply
   // During shutdown the connection is not kept alive for another request: close waits on it.
   const socket = reply.raw.socket;
   reply.raw.on('finish', () => {
-    if (ctx.closing) socket?.destroySoon();
+    // Injected requests have no real socket to close.
+    if (ctx.closing && typeof socket?.destroySoon === 'function') socket.destroySoon();
   });
   return reply.code(200).header('content-type', 'application/x-ndjson').header('cache-control', 'no-store').header('x-accel-buffering', 'no').send(body);
 }

@@ -5,7 +5,16 @@ import { toIso } from '../../core/clock.js';
 import { VERSION } from '../../core/version.js';
 import type { StacyEvent } from '../../orchestrator/service.js';
 import type { ApiContext } from '../context.js';
-import { DiagnosticsWire, ErrorBody, ProviderDetailWire, ProviderSummaryWire, diagnosticsOut, providerDetailOut, providerSummaryOut } from '../wire.js';
+import {
+  DiagnosticsWire,
+  ErrorBody,
+  ProviderDetailWire,
+  ProviderSummaryWire,
+  diagnosticsOut,
+  providerDetailOut,
+  providerSummaryOut,
+  snakeKeys,
+} from '../wire.js';
 
 const errors = { '4xx': ErrorBody, '5xx': ErrorBody };
 const Liveness = Type.Object({ status: Type.String(), version: Type.String(), uptime: Type.String() });
@@ -47,7 +56,7 @@ export function systemRoutes(app: FastifyInstance, ctx: ApiContext): void {
   );
 
   const diagnostics = async () => diagnosticsOut(await service.diagnostics());
-  const metrics = async () => service.metrics();
+  const metrics = async () => snakeKeys(await service.metrics()) as Record<string, unknown>;
   const prometheus = async (_req: FastifyRequest, reply: FastifyReply) => {
     const { contentType, body } = await service.prometheus();
     return reply.type(contentType).send(body);

@@ -249,3 +249,18 @@ describe('cors', () => {
     expect(other.headers['access-control-allow-origin']).toBeUndefined();
   });
 });
+
+describe('free-form objects', () => {
+  it('become snake_case except for data-keyed maps', async () => {
+    const { snakeKeys } = await import('../../../src/api/wire.js');
+    expect(
+      snakeKeys({ uptimeMs: 5, operations: { exec_stream: { latencyMs: { p50: 1 } } }, sandboxes: { byWorker: { workerA: 1 } }, auth: { workerTokens: { myWorker: 'x' }, adminApiKey: '' }, list: [{ runtimeCount: 1 }] }),
+    ).toEqual({ uptime_ms: 5, operations: { exec_stream: { latency_ms: { p50: 1 } } }, sandboxes: { by_worker: { workerA: 1 } }, auth: { worker_tokens: { myWorker: 'x' }, admin_api_key: '' }, list: [{ runtime_count: 1 }] });
+  });
+
+  it('renders /metrics in snake_case', async () => {
+    const { app, service } = await make();
+    service.metrics = async () => ({ uptimeMs: 1, sandboxes: { byState: { running: 2 } } });
+    expect((await app.inject({ method: 'GET', url: '/api/v1/metrics' })).json()).toEqual({ uptime_ms: 1, sandboxes: { by_state: { running: 2 } } });
+  });
+});
