@@ -5,6 +5,7 @@
  * ConfigError so an operator fixes a file in one pass, and nothing starts on a bad config.
  */
 import { readFileSync } from 'node:fs';
+import { resolve as resolvePath } from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import type { Config } from './types.js';
 import {
@@ -113,7 +114,7 @@ export function loadConfig(options: LoadConfigOptions = {}): Config {
   const sources = new Map<string, string>();
   for (const def of CONFIG_KEYS) {
     const s = settings.get(def.path);
-    values.set(def.path, s?.value ?? defaultOf(def, dataDir));
+    values.set(def.path, absolutePath(def.path, s?.value ?? defaultOf(def, dataDir)));
     sources.set(def.path, s?.source ?? DEFAULT_SOURCE);
   }
 
@@ -449,4 +450,15 @@ function deepFreeze<T>(value: T): T {
     for (const v of Object.values(value)) deepFreeze(v);
   }
   return value;
+}
+
+/**
+ * Filesystem keys resolve against the working directory once, at load: runc resolves relative
+ * bundle paths against the bundle itself, and a later chdir must not move the database.
+ */
+const PATH_KEYS = new Set(['data_dir', 'providers.mock.root', 'providers.oci.root', 'database.path']);
+
+function absolutePath(key: string, value: KeyValue): KeyValue {
+  if (!PATH_KEYS.has(key) || typeof value !== 'string' || value === '' || value === ':memory:') return value;
+  return resolvePath(value);
 }

@@ -114,8 +114,11 @@ export function envNameOf(path: string): string {
 }
 
 /** Environment variables with the STACYVM_ prefix that are not configuration keys. */
+/** Variables read by the CLI client and the worker daemon, not by the server's config. */
+const CLIENT_ENV_NAMES = new Set(['STACYVM_CONFIG', 'STACYVM_API_KEY', 'STACYVM_SERVER', 'STACYVM_CONTROL_PLANE']);
+
 export function isExemptEnvName(name: string): boolean {
-  return name === 'STACYVM_CONFIG' || name === 'STACYVM_API_KEY' || name.startsWith('STACYVM_TEST_');
+  return CLIENT_ENV_NAMES.has(name) || name.startsWith('STACYVM_TEST_');
 }
 
 export const KEY_BY_PATH: ReadonlyMap<string, KeyDef> = new Map(CONFIG_KEYS.map((k) => [k.path, k]));

@@ -201,6 +201,30 @@ export const METHODS = {
     params: Type.Object({ ...sandboxRef, lines: Type.Integer({ minimum: 1, maximum: 10_000 }) }, strict),
     result: Type.Object({ lines: Type.Array(Type.String()) }, strict),
   },
+  'worker.inventory': {
+    lease: false,
+    scope: 'worker:status',
+    params: Type.Object({ provider: NonEmpty }, strict),
+    /** The provider's runtimes on this worker, for the control plane's reconciliation. */
+    result: Type.Object(
+      {
+        runtimes: Type.Array(
+          Type.Object(
+            {
+              runtime_id: NonEmpty,
+              status: Type.Union([Type.Literal('running'), Type.Literal('stopped'), Type.Literal('missing')]),
+              sandbox_id: Type.Optional(Type.String()),
+              worker_id: Type.Optional(Type.String()),
+              owner_id: Type.Optional(Type.String()),
+              created_at: Type.Optional(Type.String({ pattern: ISO_UTC })),
+            },
+            strict,
+          ),
+        ),
+      },
+      strict,
+    ),
+  },
   'worker.renew_lease': {
     lease: true,
     scope: 'worker:lease',

@@ -57,11 +57,12 @@ describe('defaults', () => {
       maxVcpus: 8,
       maxExecOutputBytes: 10 * 1024 * 1024,
     });
-    expect(c.dataDir).toBe('./.stacyvm');
-    expect(c.database).toEqual({ driver: 'sqlite', path: './.stacyvm/stacyvm.db', dsn: '' });
+    const cwd = process.cwd();
+    expect(c.dataDir).toBe(`${cwd}/.stacyvm`);
+    expect(c.database).toEqual({ driver: 'sqlite', path: `${cwd}/.stacyvm/stacyvm.db`, dsn: '' });
     expect(c.providers.default).toBe('auto');
-    expect(c.providers.mock).toEqual({ enabled: true, root: './.stacyvm/mock' });
-    expect(c.providers.oci.root).toBe('./.stacyvm/oci');
+    expect(c.providers.mock).toEqual({ enabled: true, root: `${cwd}/.stacyvm/mock` });
+    expect(c.providers.oci.root).toBe(`${cwd}/.stacyvm/oci`);
     expect(c.providers.docker.registryAuth).toBeNull();
     expect(c.providers.docker.droppedCaps).toEqual(['ALL']);
     expect(c.auth).toEqual({
@@ -85,6 +86,14 @@ describe('defaults', () => {
     expect(c.database.path).toBe('/var/lib/stacyvm/stacyvm.db');
     expect(c.providers.oci.root).toBe('/var/lib/stacyvm/oci');
     expect(c.providers.mock.root).toBe('/var/lib/stacyvm/mock');
+  });
+
+  it('resolves relative filesystem paths against the working directory once, at load', () => {
+    const c = loadConfig({ env: { STACYVM_DATA_DIR: 'state', STACYVM_PROVIDERS_OCI_ROOT: 'runtimes/oci' } });
+    expect(c.dataDir).toBe(`${process.cwd()}/state`);
+    expect(c.providers.oci.root).toBe(`${process.cwd()}/runtimes/oci`);
+    expect(c.database.path).toBe(`${process.cwd()}/state/stacyvm.db`);
+    expect(loadConfig({ env: { STACYVM_DATABASE_PATH: ':memory:' } }).database.path).toBe(':memory:');
   });
 
   it('an explicit path wins over the data_dir-derived default', () => {
@@ -188,11 +197,11 @@ describe('environment variables', () => {
   });
 
   it('a section name alone is not a key', () => {
-    expect(problemsOf(() => loadConfig({ env: { STACYVM_SERVER: 'x' } }))[0]?.key).toBe('STACYVM_SERVER');
+    expect(problemsOf(() => loadConfig({ env: { STACYVM_DATABASE: 'x' } }))[0]?.key).toBe('STACYVM_DATABASE');
   });
 
-  it('ignores STACYVM_CONFIG, STACYVM_API_KEY, STACYVM_TEST_* and other prefixes', () => {
-    const c = loadConfig({ env: { STACYVM_API_KEY: 'client', STACYVM_TEST_PG_DSN: 'postgres://x', STACYVM_CONFIG: '', PATH: '/bin', stacyvm_server_port: 'x' } });
+  it('ignores STACYVM_CONFIG, the client variables, STACYVM_TEST_* and other prefixes', () => {
+    const c = loadConfig({ env: { STACYVM_API_KEY: 'client', STACYVM_SERVER: 'http://127.0.0.1:1', STACYVM_CONTROL_PLANE: 'http://127.0.0.1:2', STACYVM_TEST_PG_DSN: 'postgres://x', STACYVM_CONFIG: '', PATH: '/bin', stacyvm_server_port: 'x' } });
     expect(c.auth.apiKey).toBe('');
   });
 });

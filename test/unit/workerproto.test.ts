@@ -48,6 +48,7 @@ const VALID: { [M in WorkerMethod]: ParamsOf<M> } = {
   'worker.file_stat': { ...ref, path: '/a' },
   'worker.file_glob': { ...ref, pattern: '/**/*.py' },
   'worker.logs': { ...ref, lines: 100 },
+  'worker.inventory': { provider: 'mock' },
   'worker.renew_lease': { resource_id: SB },
   'worker.shutdown': {},
 };
@@ -85,6 +86,7 @@ describe('method table', () => {
         'worker.file_stat',
         'worker.file_glob',
         'worker.logs',
+        'worker.inventory',
         'worker.renew_lease',
         'worker.shutdown',
       ].sort(),
@@ -103,6 +105,7 @@ describe('method table', () => {
     expect(scopeOf('worker.exec')).toBe('worker:exec');
     expect(scopeOf('worker.exec_stream')).toBe('worker:exec');
     expect(scopeOf('worker.logs')).toBe('worker:logs');
+    expect(scopeOf('worker.inventory')).toBe('worker:status');
     expect(scopeOf('worker.renew_lease')).toBe('worker:lease');
     for (const m of WORKER_METHODS.filter((m) => m.startsWith('worker.file_'))) expect(scopeOf(m)).toBe('worker:files');
     expect(new Set(WORKER_METHODS.map(scopeOf))).toEqual(new Set(WORKER_SCOPES));

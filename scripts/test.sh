@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# `npm test`: the one test command, locally and in CI. Installs npm dependencies when missing,
+# builds (integration suites run the built server), starts throwaway PostgreSQL and dockerd when
+# this host can (root with the binaries present), runs every suite, and prints one summary line.
+# Suites whose host feature is missing skip with a printed reason — except under CI=true,
+# where they fail.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+[ -x node_modules/.bin/vitest ] || npm ci --no-audit --no-fund
+npm run build --silent
+
+export STACYVM_TEST_SERVICES_DIR=${STACYVM_TEST_SERVICES_DIR:-$(mktemp -d /tmp/stacyvm-test-services.XXXXXX)}
+started=0
+if [ "$(id -u)" = 0 ]; then
+  if [ -z "${STACYVM_TEST_PG_DSN:-}" ] && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+    eval "$(scripts/test-services.sh postgres)"; started=1
+  fi
+  if [ -z "${STACYVM_TEST_DOCKER_SOCKET:-}" ] && command -v dockerd >/dev/null; then
+    eval "$(scripts/test-services.sh docker)"; started=1
+  fi
+fi
+[ "$started" = 1 ] && trap 'scripts/test-services.sh stop' EXIT
+
+report=$(mktemp /tmp/stacyvm-vitest.XXXXXX.json)
+status=0
+npx vitest run --reporter=default --reporter=json --outputFile.json="$report" "$@" || status=$?
+node -e '
+  const r = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8"));
+  console.log(`tests: ${r.numPassedTests} passed, ${r.numFailedTests} failed, ${r.numPendingTests + r.numTodoTests} skipped`);
+' "$report" || true
+rm -f "$report"
+exit "$status"
