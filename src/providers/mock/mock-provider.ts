@@ -6,8 +6,8 @@
  * for untrusted code.
  *
  * Layout under the root: `<root>/<runtimeId>/meta.json` (labels, env, for inventory across
- * restarts), `console.log` (lifecycle lines) and `fs/` (the sandbox's `/`, with `workspace/`
- * and `tmp/`).
+ * restarts), `console.log` (lifecycle lines), `execs/` (one record per running command, see
+ * exec-records.ts) and `fs/` (the sandbox's `/`, with `workspace/` and `tmp/`).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -31,6 +31,7 @@ import type {
   SpawnResult,
   SpawnSpec,
 } from '../provider.js';
+import { forgetExec, killOrphanExecs, recordExec } from './exec-records.js';
 import { Jail } from './jail.js';
 
 const RUNTIME_ID = /^mock-[0-9a-f]{16}$/;
@@ -207,6 +208,7 @@ export class MockProvider implements Provider {
     try {
       const children = [...(this.running.get(runtimeId) ?? [])];
       await Promise.all(children.map((child) => killTree(child)));
+      await killOrphanExecs(this.runtimeDir(runtimeId), this.ownGroups());
       await rm(this.runtimeDir(runtimeId), { recursive: true, force: true, maxRetries: 3 });
       this.consoleWritten.delete(this.runtimeDir(runtimeId));
     } catch (err) {
@@ -249,6 +251,8 @@ export class MockProvider implements Provider {
       throw providerError('mock: cannot start the command', err);
     }
     trackClose(child);
+    const record = child.pid === undefined ? undefined : recordExec(rt.dir, child.pid);
+    child.once('close', () => forgetExec(record));
     const group = this.running.get(runtimeId) ?? new Set<ChildProcess>();
     this.running.set(runtimeId, group);
     group.add(child);
@@ -385,6 +389,9 @@ export class MockProvider implements Provider {
     for (const name of names.filter((n) => RUNTIME_ID.test(n)).sort()) {
       const rt = await this.load(name);
       if (rt === undefined) continue;
+      // Commands left running by a previous server process that died: nobody can reach
+      // their output any more, so they must not keep running on the host.
+      await killOrphanExecs(rt.dir, this.ownGroups());
       out.push({
         runtimeId: name,
         status: 'running',
@@ -395,6 +402,13 @@ export class MockProvider implements Provider {
       });
     }
     return out;
+  }
+
+  /** Process groups of the commands this instance started and still runs. */
+  private ownGroups(): Set<number> {
+    const groups = new Set<number>();
+    for (const set of this.running.values()) for (const child of set) if (child.pid !== undefined) groups.add(child.pid);
+    return groups;
   }
 
   /** Kills every command still running; sandbox directories stay for the next start. */
