@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-[ -x node_modules/.bin/vitest ] || npm ci --no-audit --no-fund
+[ -x node_modules/.bin/vitest ] || npm install --no-audit --no-fund  # honours package-lock.json; see .ci/run
 npm run build --silent
 
 export STACYVM_TEST_SERVICES_DIR=${STACYVM_TEST_SERVICES_DIR:-$(mktemp -d /tmp/stacyvm-test-services.XXXXXX)}
