@@ -14,8 +14,8 @@ import type { WorkerAuthSettings } from '../../src/workerproto/index.js';
 import { RemoteProvider, RemoteWorkerClient } from '../../src/worker/rpc-client.js';
 import { providerContract } from '../contracts/provider.contract.js';
 import { TestLeases, startControlPlane } from './worker-harness.js';
+import { CLI } from './server-process.js';
 
-const FIXTURE = join(import.meta.dirname, '..', 'fixtures', 'worker-cli.ts');
 const TOKEN = 'process-worker-token';
 
 interface WorkerProcess {
@@ -33,7 +33,7 @@ async function startWorkerProcess(workerId: string): Promise<WorkerProcess> {
   await writeFile(config, `data_dir: ${join(dir, 'data')}\nlogging:\n  level: warn\n`);
   const child = spawn(
     process.execPath,
-    ['--import', 'tsx', FIXTURE, 'worker', '--id', workerId, '--control-plane', cp.url, '--worker-token', TOKEN, '--listen', '127.0.0.1:0', '--providers', 'mock', '--config', config],
+    [CLI, 'worker', '--id', workerId, '--control-plane', cp.url, '--worker-token', TOKEN, '--listen', '127.0.0.1:0', '--providers', 'mock', '--config', config],
     { stdio: ['ignore', 'ignore', 'pipe'] },
   );
   let stderr = '';

@@ -11,14 +11,14 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { WorkerAuthSettings } from '../../src/workerproto/index.js';
 import { RemoteWorkerClient } from '../../src/worker/rpc-client.js';
 import { startControlPlane } from './worker-harness.js';
+import { CLI } from './server-process.js';
 
 const KEY = 'cli-test-signing-key-'.padEnd(40, 'k');
-const FIXTURE = join(import.meta.dirname, '..', 'fixtures', 'worker-cli.ts');
 
 /** Runs the CLI without blocking this process, whose event loop serves the control plane stand-in. */
 function cli(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve, reject) => {
-    execFile(process.execPath, ['--import', 'tsx', FIXTURE, ...args], { encoding: 'utf8', timeout: 60_000 }, (err, stdout, stderr) => {
+    execFile(process.execPath, [CLI, ...args], { encoding: 'utf8', timeout: 60_000 }, (err, stdout, stderr) => {
       if (err !== null && typeof err.code !== 'number') reject(err);
       else resolve({ code: err === null ? 0 : (err.code as number), stdout, stderr });
     });
@@ -84,7 +84,7 @@ describe('stacyvm worker CLI', { timeout: 120_000 }, () => {
     const before = cp.beats.length;
     const child: ChildProcess = spawn(
       process.execPath,
-      ['--import', 'tsx', FIXTURE, 'worker', '--id', 'w1', '--control-plane', cp.url, '--worker-token-file', tokenFile, '--listen', '127.0.0.1:0', '--heartbeat-interval', '300ms', '--max-sandboxes', '9', '--providers', 'mock', '--config', config],
+      [CLI, 'worker', '--id', 'w1', '--control-plane', cp.url, '--worker-token-file', tokenFile, '--listen', '127.0.0.1:0', '--heartbeat-interval', '300ms', '--max-sandboxes', '9', '--providers', 'mock', '--config', config],
       { stdio: ['ignore', 'pipe', 'pipe'] },
     );
     let stderr = '';
