@@ -20,13 +20,12 @@
  * Env: BENCH_ITERATIONS (50), BENCH_CONCURRENT (200), BENCH_IDLE (50), BENCH_IMAGE_ROOT.
  */
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { OciProviderConfig } from '../src/config/types.js';
 import { ImageStore } from '../src/images/store.js';
-import { OciProvider } from '../src/providers/oci/provider.js';
-import type { SpawnSpec } from '../src/providers/provider.js';
+import { echoRequest as echo, firstOutput, setupOciBench } from './lib/oci.js';
+import { now, pct, round, summary } from './lib/stats.js';
 
 const ITER = Number(process.env.BENCH_ITERATIONS ?? 50);
 const CONCURRENT = Number(process.env.BENCH_CONCURRENT ?? 200);
@@ -36,38 +35,6 @@ const CLI_SOURCE = join(import.meta.dirname, '../src/cli/main.ts');
 const SERVER_START_TIMEOUT_MS = 60_000;
 
 const log = (msg: string): void => void process.stderr.write(`[bench] ${msg}\n`);
-const now = (): number => Number(process.hrtime.bigint()) / 1e6;
-
-function pct(xs: number[], p: number): number {
-  if (xs.length === 0) return NaN;
-  const s = [...xs].sort((a, b) => a - b);
-  return round(s[Math.min(s.length - 1, Math.ceil((p / 100) * s.length) - 1)]!);
-}
-function round(x: number): number {
-  return Math.round(x * 100) / 100;
-}
-function summary(xs: number[]): { p50: number; p99: number; n: number } {
-  return { p50: pct(xs, 50), p99: pct(xs, 99), n: xs.length };
-}
-
-/** Runs a command, resolving with the time (ms since `t0`) its first stdout byte arrived. */
-function firstOutput(cmd: string, args: string[], t0: number): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const c = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-    let at = -1;
-    let err = '';
-    c.stdout.once('data', () => (at = now() - t0));
-    c.stderr.on('data', (d: Buffer) => (err += d.toString()));
-    c.on('close', (code) => (code === 0 && at >= 0 ? resolve(at) : reject(new Error(`${cmd} ${args.join(' ')}: ${code} ${err}`))));
-  });
-}
-
-function sh(cmd: string, args: string[]): void {
-  // stdio is not piped: a detached container would inherit the pipe and keep it open.
-  const r = spawnSync(cmd, args, { stdio: 'ignore' });
-  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} exited with ${r.status}`);
-}
-
 function meminfo(): { available: number; kernel: number } {
   const text = readFileSync('/proc/meminfo', 'utf8');
   const kib = (k: string): number => Number(new RegExp(`^${k}:\\s+(\\d+)`, 'm').exec(text)?.[1] ?? 0);
@@ -157,65 +124,21 @@ function sweepOciRoot(ociRoot: string): void {
 }
 
 async function main(): Promise<void> {
-  if (process.getuid?.() !== 0) throw new Error('bench:spawn needs root (runc, overlay mounts)');
   const root = mkdtempSync(join(tmpdir(), 'stacyvm-bench-'));
   const externalApi = process.env.STACYVM_BENCH_API_URL ?? '';
   const serverDataDir = join(root, 'server');
-  const images = new ImageStore(process.env.BENCH_IMAGE_ROOT ?? join(serverDataDir, 'images'));
-  const tImg = now();
-  await images.buildBusybox('bench-busybox');
-  const imageBuildMs = round(now() - tImg);
-  const image = await images.resolve('bench-busybox');
+  const imageRoot = process.env.BENCH_IMAGE_ROOT ?? join(serverDataDir, 'images');
+  const oci = await setupOciBench(root, imageRoot);
+  const { provider, spec, rawState, rawRun, rawDelete, imageBuildMs } = oci;
   // The server started here reads images from <data_dir>/images: give it the same image.
-  if (!externalApi && images.root !== join(serverDataDir, 'images')) await new ImageStore(join(serverDataDir, 'images')).buildBusybox('bench-busybox');
-  const config: OciProviderConfig = {
-    enabled: true,
-    runcPath: 'runc',
-    root: join(root, 'oci'),
-    networkMode: 'none',
-    bridgeName: 'stacy0',
-    bridgeSubnet: '10.88.0.0/16',
-    readOnlyRootfs: false,
-    user: '1000:1000',
-    pidsLimit: 256,
-    addedCaps: [],
-  };
-  const provider = new OciProvider({ config, images });
-  let seq = 0;
-  const spec = (): SpawnSpec => ({
-    sandboxId: `sb-${(0x10000000 + ++seq).toString(16).slice(-8)}`,
-    image: 'bench-busybox',
-    memoryMb: 256,
-    vcpus: 1,
-    ownerId: null,
-    workerId: 'bench',
-    env: {},
-    labels: {},
-  });
-  const echo = { command: 'echo', args: ['hi'], mode: 'argv' as const, env: {}, timeoutMs: 10_000 };
-
-  // Raw runc baseline: a prepared overlay bundle with runc's default spec (PID 1 sleeps).
-  const rawState = join(root, 'raw-state');
-  const rawBundle = join(root, 'raw');
-  for (const d of ['upper', 'work', 'rootfs']) mkdirSync(join(rawBundle, d), { recursive: true });
-  sh('mount', ['-t', 'overlay', 'overlay', '-o', `lowerdir=${image.rootfs},upperdir=${rawBundle}/upper,workdir=${rawBundle}/work`, `${rawBundle}/rootfs`]);
-  sh('runc', ['spec', '--bundle', rawBundle]);
-  const rawCfg = JSON.parse(readFileSync(join(rawBundle, 'config.json'), 'utf8')) as { process: { terminal: boolean; args: string[] } };
-  rawCfg.process.terminal = false;
-  rawCfg.process.args = ['/bin/sleep', '2147483647'];
-  writeFileSync(join(rawBundle, 'config.json'), JSON.stringify(rawCfg));
-  const rawRun = (id: string): void => sh('runc', ['--root', rawState, 'run', '--detach', '--bundle', rawBundle, id]);
-  const rawDelete = (id: string): void => sh('runc', ['--root', rawState, 'delete', '--force', id]);
+  if (!externalApi && imageRoot !== join(serverDataDir, 'images')) await new ImageStore(join(serverDataDir, 'images')).buildBusybox('bench-busybox');
 
   const rawExecId = `raw-${process.pid}-exec`;
   let server: BenchServer | undefined;
   const cleanupAll = async (): Promise<void> => {
     await server?.stop().catch(() => undefined);
     if (!externalApi) sweepOciRoot(join(serverDataDir, 'oci'));
-    for (const rt of await provider.inventory().catch(() => [])) await provider.destroy(rt.runtimeId).catch(() => undefined);
-    spawnSync('runc', ['--root', rawState, 'delete', '--force', rawExecId]);
-    spawnSync('umount', [`${rawBundle}/rootfs`]);
-    rmSync(root, { recursive: true, force: true });
+    await oci.cleanup([rawExecId]);
   };
 
   try {
@@ -246,29 +169,16 @@ async function main(): Promise<void> {
     log(`spawn→first output→destroy, ${ITER} iterations each (interleaved)`);
     for (let i = 0; i < ITER + 2; i++) {
       const warm = i < 2;
-      // raw runc
-      let t0 = now();
-      rawRun(`raw-${process.pid}-${i}`);
-      const rFirst = await firstOutput('runc', ['--root', rawState, 'exec', `raw-${process.pid}-${i}`, 'echo', 'hi'], t0);
-      rawDelete(`raw-${process.pid}-${i}`);
+      const r = await oci.rawRound(`raw-${process.pid}-${i}`);
+      const p = await oci.providerRound();
       if (!warm) {
-        raw.spawnToFirstOutput.push(rFirst);
-        raw.total.push(now() - t0);
-      }
-      // provider
-      t0 = now();
-      const { runtimeId } = await provider.spawn(spec());
-      let pFirst = -1;
-      for await (const ev of provider.execStream(runtimeId, echo)) {
-        if (ev.type === 'stdout' && pFirst < 0) pFirst = now() - t0;
-      }
-      await provider.destroy(runtimeId);
-      if (!warm) {
-        prov.spawnToFirstOutput.push(pFirst);
-        prov.total.push(now() - t0);
+        raw.spawnToFirstOutput.push(r.firstOutput);
+        raw.total.push(r.total);
+        prov.spawnToFirstOutput.push(p.firstOutput);
+        prov.total.push(p.total);
       }
       // HTTP API
-      t0 = now();
+      const t0 = now();
       const apiId = await apiSpawn();
       await apiEcho(apiId);
       const aFirst = now() - t0;
