@@ -23,6 +23,11 @@ export const POOLED_EXPIRES_AT = Date.UTC(9999, 11, 31);
 /** States in which a warm sandbox counts toward the pool's target (ready or on its way). */
 const LIVE = new Set(['creating', 'running']);
 
+/** Running, with a runtime, and marked ready (not being withdrawn by a fill pass). */
+function claimable(r: SandboxRecord): boolean {
+  return r.state === 'running' && r.runtimeId !== null && r.metadata[POOLED_METADATA_KEY] === 'ready';
+}
+
 export class WarmPool implements PoolClaimer {
   private claims = 0;
   private misses = 0;
@@ -130,13 +135,19 @@ export class WarmPool implements PoolClaimer {
     const keep: SandboxRecord[] = [];
     const drop: SandboxRecord[] = [];
     for (const r of rows) {
-      const fits = LIVE.has(r.state) && this.matches({ ...r, env: {}, networkMode: undefined }) && keep.length < this.target;
+      const fits = LIVE.has(r.state) && r.metadata[POOLED_METADATA_KEY] === 'ready' && this.matches({ ...r, env: {}, networkMode: undefined }) && keep.length < this.target;
       (fits ? keep : drop).push(r);
     }
     for (const r of drop) {
       if (r.state === 'creating') continue; // still being materialised by a fill; next pass decides
       try {
-        await this.lifecycle.teardown(r, 'destroyed', `warm pool: no longer wanted (${r.state})`);
+        // Withdrawn under the lock first, so a claim racing this pass cannot take it and then lose it.
+        const withdrawn = await this.ctx.sandboxLock.run(r.id, async () => {
+          const current = await this.ctx.store.getSandbox(r.id);
+          if (current === undefined || !isPooled(current)) return undefined;
+          return this.ctx.store.updateSandbox(r.id, { metadata: { [POOLED_METADATA_KEY]: 'draining' }, updatedAt: this.ctx.clock.now() });
+        });
+        if (withdrawn !== undefined) await this.lifecycle.teardown(withdrawn, 'destroyed', `warm pool: no longer wanted (${r.state})`);
       } catch (err) {
         this.ctx.log.warn({ err, sandboxId: r.id }, 'warm pool could not remove a sandbox');
       }
@@ -149,7 +160,9 @@ export class WarmPool implements PoolClaimer {
         await this.lifecycle.spawnLocal(this.spec());
         this.ready += 1;
       } catch (err) {
-        this.ctx.log.warn({ err }, 'warm pool could not create a sandbox; retrying at the next interval');
+        // At the server limit this repeats every interval until capacity frees up: not worth a warning each time.
+        const level = isStacyError(err, 'resource_limit') ? 'debug' : 'warn';
+        this.ctx.log[level]({ err }, 'warm pool could not create a sandbox; retrying at the next interval');
         return;
       } finally {
         this.creating -= 1;
@@ -177,7 +190,7 @@ export class WarmPool implements PoolClaimer {
   /** Claims a ready warm sandbox for `spec` when it has the pool's shape; undefined otherwise. */
   async claim(spec: ResolvedSpawn): Promise<SandboxRecord | undefined> {
     if (!this.wants(spec)) return undefined;
-    const candidates = (await this.pooled()).filter((r) => r.state === 'running' && r.runtimeId !== null);
+    const candidates = (await this.pooled()).filter((r) => claimable(r) && this.matches({ ...r, env: {}, networkMode: undefined }));
     for (const candidate of candidates) {
       const claimed = await this.ctx.sandboxLock.run(candidate.id, () => this.claimOne(candidate.id, spec));
       if (claimed === undefined) continue;
@@ -201,7 +214,7 @@ export class WarmPool implements PoolClaimer {
   /** Under the sandbox lock: re-read, hold the lease, then hand the record over. */
   private async claimOne(id: string, spec: ResolvedSpawn): Promise<SandboxRecord | undefined> {
     const current = await this.ctx.store.getSandbox(id);
-    if (current === undefined || current.state !== 'running' || !isPooled(current) || current.workerId !== this.ctx.workerId) return undefined;
+    if (current === undefined || !claimable(current) || current.workerId !== this.ctx.workerId) return undefined;
     try {
       await this.ctx.acquireLease(id);
     } catch (err) {
@@ -220,7 +233,7 @@ export class WarmPool implements PoolClaimer {
 
   /** What GET /pool/status reports; `ready` is counted from the store. */
   async status(): Promise<PoolStatus> {
-    this.ready = (await this.pooled()).filter((r) => r.state === 'running').length;
+    this.ready = (await this.pooled()).filter(claimable).length;
     return {
       enabled: this.enabled,
       targetSize: this.target,

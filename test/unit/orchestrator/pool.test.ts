@@ -148,6 +148,23 @@ describe('warm pool', () => {
     expect((await hh.store.getSandbox(sb.id))?.state).toBe('running');
   });
 
+  it('replaces warm sandboxes of a shape the configuration no longer asks for, and never hands them out', async () => {
+    const hh = await withPool(1);
+    const old = (await pooled(hh))[0];
+    if (old === undefined) throw new Error('pool did not fill');
+    await hh.orch.stop();
+    const again = await hh.restart({ pool: { image: 'alpine:3' } });
+    await again.fillPool();
+    expect((await hh.store.getSandbox(old.id))?.state).toBe('destroyed');
+    const fresh = await pooled(hh);
+    expect(fresh.map((r) => r.image)).toEqual(['alpine:3']);
+    const plain = await again.spawn({}, anon);
+    expect(plain.id).not.toBe(old.id);
+    expect(plain.image).toBe(hh.config.defaults.image);
+    const claimed = await again.spawn({ image: 'alpine:3' }, anon);
+    expect(claimed.id).toBe(fresh[0]?.id);
+  });
+
   it('refuses to grow past the server limit', async () => {
     const hh = await withPool(3, { defaults: { maxSandboxes: 2, maxSandboxesPerOwner: 0 } });
     expect(await pooled(hh)).toHaveLength(2);
