@@ -11,6 +11,7 @@ import type {
   Diagnostics,
   ExecOutcome,
   HeartbeatInput,
+  PoolStatus,
   ProviderDetail,
   ProviderSummary,
   QuotaUsage,
@@ -220,6 +221,30 @@ export const QuotaUsageWire = Type.Object({
   vcpus: Type.Number(),
   quota: Type.Union([QuotaWire, Type.Null()]),
 });
+
+export const PoolStatusWire = Type.Object({
+  enabled: Type.Boolean(),
+  target_size: Type.Integer(),
+  ready: Type.Integer(),
+  creating: Type.Integer(),
+  image: Type.String(),
+  provider: Type.String(),
+  claims_total: Type.Integer(),
+  misses_total: Type.Integer(),
+});
+
+export function poolStatusOut(p: PoolStatus): Static<typeof PoolStatusWire> {
+  return {
+    enabled: p.enabled,
+    target_size: p.targetSize,
+    ready: p.ready,
+    creating: p.creating,
+    image: p.image,
+    provider: p.provider,
+    claims_total: p.claimsTotal,
+    misses_total: p.missesTotal,
+  };
+}
 
 export const DiagnosticsWire = Type.Object({
   version: Type.String(),

@@ -305,6 +305,13 @@ function assemble(values: ReadonlyMap<string, KeyValue>): Config {
       unknownRuntimes: str('reconcile.unknown_runtimes') as Config['reconcile']['unknownRuntimes'],
       reapIntervalMs: num('reconcile.reap_interval'),
     },
+    pool: {
+      enabled: bool('pool.enabled'),
+      size: num('pool.size'),
+      image: str('pool.image'),
+      provider: str('pool.provider'),
+      refillIntervalMs: num('pool.refill_interval'),
+    },
     dataDir: str('data_dir'),
   };
 }
@@ -352,6 +359,9 @@ function validate(c: Config, ctx: ValidationContext): void {
     fail('defaults.max_sandboxes_per_owner', 'must not exceed defaults.max_sandboxes', 'defaults.max_sandboxes');
   }
   if (ok('defaults.image') && d.image.trim() === '') fail('defaults.image', 'must not be empty');
+  if (ok('pool.provider') && c.pool.provider !== '' && !(PROVIDER_NAMES as readonly string[]).includes(c.pool.provider)) {
+    fail('pool.provider', `unknown provider ${JSON.stringify(c.pool.provider)} (known: ${PROVIDER_NAMES.join(', ')})`);
+  }
 
   const p = c.providers;
   const enabled = PROVIDER_NAMES.filter((name) => p[name].enabled);

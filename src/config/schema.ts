@@ -104,6 +104,12 @@ export const CONFIG_KEYS = [
 
   { path: 'reconcile.unknown_runtimes', kind: 'enum', values: ['adopt', 'destroy'], default: 'adopt', doc: 'What start-up reconciliation does with provider runtimes the store does not know.' },
   { path: 'reconcile.reap_interval', kind: 'duration', default: 10_000, min: 1, doc: 'How often expired sandboxes are reaped.' },
+
+  { path: 'pool.enabled', kind: 'bool', default: false, doc: 'Keep warm sandboxes ready on this worker; a matching spawn claims one instead of creating a runtime.' },
+  { path: 'pool.size', kind: 'int', default: 2, min: 0, doc: 'Warm sandboxes kept ready when the pool is enabled; 0 keeps none.' },
+  { path: 'pool.image', kind: 'string', default: '', doc: 'Image of the warm sandboxes; empty uses defaults.image.' },
+  { path: 'pool.provider', kind: 'string', default: '', doc: 'Provider of the warm sandboxes; empty uses the default provider.' },
+  { path: 'pool.refill_interval', kind: 'duration', default: 5_000, min: 1, doc: 'How often the pool tops itself up (it also refills right after a claim).' },
 ] as const satisfies readonly KeyDef[];
 
 export type ConfigKeyPath = (typeof CONFIG_KEYS)[number]['path'];

@@ -68,6 +68,14 @@ export interface Config {
     unknownRuntimes: 'adopt' | 'destroy';
     reapIntervalMs: number; // 10s
   };
+  /** Warm sandboxes of the default shape kept ready on this worker. */
+  pool: {
+    enabled: boolean; // false
+    size: number; // 2
+    image: string; // '' = defaults.image
+    provider: string; // '' = the default provider
+    refillIntervalMs: number; // 5s
+  };
   /** Where images and per-sandbox state live. */
   dataDir: string; // ./.stacyvm
 }

@@ -15,13 +15,22 @@ import {
 import type { Provider } from '../providers/provider.js';
 import { place, type Placement } from './scheduler.js';
 import type { AdmissionReport, Caller, SpawnRequest } from './service.js';
-import { type ResolvedSpawn, maxTtlFor, resolveOwner, resolveSpawn } from './validate.js';
+import { type ResolvedSpawn, isPooled, maxTtlFor, resolveOwner, resolveSpawn } from './validate.js';
 import type { OrchestratorContext } from './context.js';
 import { Mutex } from './locks.js';
+
+/** Hands a spawn a ready warm sandbox of the same shape, if there is one. */
+export interface PoolClaimer {
+  /** Whether a spawn of this spec may be served from the pool at all (cheap, no I/O). */
+  wants(spec: ResolvedSpawn): boolean;
+  /** The claimed record (owner, TTL and metadata set from `spec`), or undefined when none is ready. */
+  claim(spec: ResolvedSpawn): Promise<SandboxRecord | undefined>;
+}
 
 /** Creates, reads and tears down sandboxes. */
 export class SandboxLifecycle {
   private readonly admissionLock = new Mutex();
+  private pool: PoolClaimer | undefined;
 
   constructor(private readonly ctx: OrchestratorContext) {}
 
@@ -56,13 +65,16 @@ export class SandboxLifecycle {
     return Math.min(configured > 0 ? configured : Infinity, quota?.maxSandboxes ?? Infinity);
   }
 
-  /** Limits that apply to one spawn, evaluated against the store. Throws resource_limit. */
-  private async checkLimits(spec: ResolvedSpawn, quota: QuotaRecord | undefined): Promise<void> {
+  /**
+   * Limits that apply to one spawn, evaluated against the store. Throws resource_limit.
+   * A claim of a warm sandbox adds no runtime, so it skips the server-wide count (`newRuntime` false).
+   */
+  private async checkLimits(spec: ResolvedSpawn, quota: QuotaRecord | undefined, newRuntime = true): Promise<void> {
     const d = this.ctx.config.defaults;
-    const active = await this.ctx.store.countSandboxes({ states: ACTIVE_SANDBOX_STATES });
     // Retry-After: the soonest a slot can free up on its own is the next reaper pass.
     const retryAfter = Math.max(1, Math.ceil(this.ctx.config.reconcile.reapIntervalMs / 1000));
-    if (d.maxSandboxes > 0 && active >= d.maxSandboxes) {
+    const active = newRuntime ? await this.ctx.store.countSandboxes({ states: ACTIVE_SANDBOX_STATES }) : 0;
+    if (newRuntime && d.maxSandboxes > 0 && active >= d.maxSandboxes) {
       throw resourceLimit(`server limit reached: ${active} of ${d.maxSandboxes} sandboxes active`, retryAfter);
     }
     if (spec.ownerId === null) return;
@@ -161,7 +173,32 @@ export class SandboxLifecycle {
   spawn(request: SpawnRequest, caller: Caller): Promise<SandboxRecord> {
     return this.ctx.op('spawn', async () => {
       const { spec, quota } = await this.resolve(request, caller);
+      const pool = this.pool;
+      if (pool?.wants(spec) === true) {
+        // Under the admission lock, like a reservation: the owner's limits see every other claim.
+        const claimed = await this.admissionLock.run(async () => {
+          await this.checkLimits(spec, quota, false);
+          return pool.claim(spec);
+        });
+        if (claimed !== undefined) return claimed;
+      }
       const record = await this.reserve(spec, quota);
+      return this.ctx.sandboxLock.run(record.id, () => this.materialise(record, spec));
+    });
+  }
+
+  /** Lets spawns claim warm sandboxes from `pool`. */
+  attachPool(pool: PoolClaimer): void {
+    this.pool = pool;
+  }
+
+  /**
+   * Creates a sandbox from a resolved spec on this worker, skipping placement: the warm pool's
+   * fill path. Server-wide limits, lease and record are exactly those of a normal spawn.
+   */
+  spawnLocal(spec: ResolvedSpawn): Promise<SandboxRecord> {
+    return this.ctx.op('pool_fill', async () => {
+      const record = await this.reserve(spec, undefined, true);
       return this.ctx.sandboxLock.run(record.id, () => this.materialise(record, spec));
     });
   }
@@ -170,10 +207,10 @@ export class SandboxLifecycle {
    * Admission, placement, lease and the `creating` record, serialised in-process so that
    * concurrent spawns each see the others' reservations when they count.
    */
-  private reserve(spec: ResolvedSpawn, quota: QuotaRecord | undefined): Promise<SandboxRecord> {
+  private reserve(spec: ResolvedSpawn, quota: QuotaRecord | undefined, local = false): Promise<SandboxRecord> {
     return this.admissionLock.run(async () => {
       await this.checkLimits(spec, quota);
-      const placed = await this.placement(spec.provider, spec.ownerId);
+      const placed = local ? { selected: { id: this.ctx.workerId }, status: this.ctx.lastScheduler } : await this.placement(spec.provider, spec.ownerId);
       if (placed.selected === null) {
         throw new StacyError('no_eligible_worker', placed.status.reason ?? 'no eligible worker', {
           retryAfterSeconds: Math.max(1, Math.ceil(this.ctx.config.worker.heartbeatIntervalMs / 1000)),
@@ -303,7 +340,8 @@ export class SandboxLifecycle {
   list(caller: Caller): Promise<SandboxRecord[]> {
     return this.ctx.op('list', async () => {
       const filter = caller.userId !== null && !caller.isAdmin ? { states: ACTIVE_SANDBOX_STATES, ownerId: caller.userId } : { states: ACTIVE_SANDBOX_STATES };
-      const rows = await this.ctx.store.listSandboxes(filter);
+      // Unclaimed warm sandboxes belong to no one yet and are not listed.
+      const rows = (await this.ctx.store.listSandboxes(filter)).filter((r) => !isPooled(r));
       return rows.sort((a, b) => a.createdAt - b.createdAt || (a.id < b.id ? -1 : 1));
     });
   }

@@ -8,6 +8,7 @@ import type {
   ExecCall,
   ExecOutcome,
   HeartbeatInput,
+  PoolStatus,
   ProviderDetail,
   ProviderSummary,
   QuotaUsage,
@@ -23,6 +24,7 @@ import { Observability } from './observability.js';
 import { SandboxIO } from './exec-files.js';
 import { SandboxLifecycle } from './lifecycle.js';
 import { Maintenance } from './maintenance.js';
+import { WarmPool } from './pool.js';
 import { TemplatesAndQuotas } from './templates-quotas.js';
 import { WorkerRegistry } from './worker-registry.js';
 
@@ -33,6 +35,8 @@ export type Orchestrator = SandboxService & {
   start(): Promise<void>;
   /** Stops the background loops and waits for a running pass to finish. Leaves store and providers open. */
   stop(): Promise<void>;
+  /** One warm-pool fill pass, after any running one (tests drive it instead of the interval). */
+  fillPool(): Promise<void>;
 };
 
 /** Builds the orchestrator: the one implementation of SandboxService. */
@@ -52,6 +56,7 @@ class ComposedOrchestrator implements Orchestrator {
   private readonly templatesAndQuotas: TemplatesAndQuotas;
   private readonly workers: WorkerRegistry;
   private readonly observability: Observability;
+  private readonly pool: WarmPool;
 
   constructor(options: OrchestratorOptions) {
     const ctx = new OrchestratorContext(options);
@@ -61,14 +66,27 @@ class ComposedOrchestrator implements Orchestrator {
     this.templatesAndQuotas = new TemplatesAndQuotas(ctx, this.lifecycle);
     this.workers = new WorkerRegistry(ctx);
     this.observability = new Observability(ctx);
+    this.pool = new WarmPool(ctx, this.lifecycle);
+    this.lifecycle.attachPool(this.pool);
   }
 
-  start(): Promise<void> {
-    return this.maintenance.start();
+  async start(): Promise<void> {
+    // Reconcile first, so the pool counts the warm sandboxes that survived a restart.
+    await this.maintenance.start();
+    this.pool.start();
   }
 
-  stop(): Promise<void> {
-    return this.maintenance.stop();
+  async stop(): Promise<void> {
+    await this.pool.stop();
+    await this.maintenance.stop();
+  }
+
+  fillPool(): Promise<void> {
+    return this.pool.fill();
+  }
+
+  poolStatus(): Promise<PoolStatus> {
+    return this.pool.status();
   }
 
   /** One background pass (tests drive it directly instead of waiting for the interval). */

@@ -60,12 +60,29 @@ export interface SandboxService {
   quotaUsage(ownerId: string): Promise<QuotaUsage>;
 
   diagnostics(): Promise<Diagnostics>;
+  /** The warm pool of this server's worker. */
+  poolStatus(): Promise<PoolStatus>;
   /** JSON metrics: per-operation counters and latency summaries. */
   metrics(): Promise<Record<string, unknown>>;
   /** Prometheus text exposition. */
   prometheus(): Promise<{ contentType: string; body: string }>;
   /** Subscribes to lifecycle events; returns the unsubscribe function. */
   subscribe(listener: (event: StacyEvent) => void): () => void;
+}
+
+export interface PoolStatus {
+  enabled: boolean;
+  targetSize: number;
+  /** Unclaimed warm sandboxes that are running. */
+  ready: number;
+  /** Warm sandboxes being created right now. */
+  creating: number;
+  image: string;
+  provider: string;
+  /** Since this process started. */
+  claimsTotal: number;
+  /** Spawns of the pool's shape that found no warm sandbox, since this process started. */
+  missesTotal: number;
 }
 
 /** Who is calling, as established by the API's auth layer. */

@@ -42,8 +42,17 @@ export function checkEnv(env: Record<string, string>, field = 'env'): Record<str
 const MAX_METADATA_ENTRIES = 64;
 
 /** Metadata is free-form but bounded, so one record cannot grow without limit. */
+/** Metadata key that marks a warm-pool sandbox nobody has claimed yet; clients may not set it. */
+export const POOLED_METADATA_KEY = 'stacyvm.pool';
+
+/** True for a warm-pool sandbox that has not been claimed. */
+export function isPooled(record: { metadata: Record<string, string> }): boolean {
+  return Object.hasOwn(record.metadata, POOLED_METADATA_KEY);
+}
+
 function checkMetadata(metadata: Record<string, string>): Record<string, string> {
   const entries = Object.entries(metadata);
+  if (Object.hasOwn(metadata, POOLED_METADATA_KEY)) throw badRequest(`metadata.${POOLED_METADATA_KEY}: reserved for the warm pool`);
   if (entries.length > MAX_METADATA_ENTRIES) throw badRequest(`metadata: at most ${MAX_METADATA_ENTRIES} entries`);
   for (const [k, v] of entries) {
     if (k.length === 0 || k.length > 128) throw badRequest('metadata: keys must be 1-128 characters');

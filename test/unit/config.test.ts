@@ -78,6 +78,7 @@ describe('defaults', () => {
     expect(c.worker).toEqual({ id: 'local', heartbeatIntervalMs: 30_000, leaseTtlMs: 120_000 });
     expect(c.workers).toEqual({ staleAfterMs: 120_000 });
     expect(c.reconcile).toEqual({ unknownRuntimes: 'adopt', reapIntervalMs: 10_000 });
+    expect(c.pool).toEqual({ enabled: false, size: 2, image: '', provider: '', refillIntervalMs: 5_000 });
     expect(c.logging).toEqual({ level: 'info', format: 'json' });
   });
 
@@ -115,6 +116,12 @@ describe('precedence: defaults < file < env < overrides', () => {
     expect(c.server.port).toBe(8000);
     expect(c.server.host).toBe('0.0.0.0');
     expect(c.defaults.ttlMs).toBe(3_600_000);
+  });
+
+  it('pool keys load from env and an unknown pool provider is refused', () => {
+    const c = loadConfig({ env: { STACYVM_POOL_ENABLED: 'true', STACYVM_POOL_SIZE: '3', STACYVM_POOL_IMAGE: 'alpine:3', STACYVM_POOL_PROVIDER: 'mock', STACYVM_POOL_REFILL_INTERVAL: '1s' } });
+    expect(c.pool).toEqual({ enabled: true, size: 3, image: 'alpine:3', provider: 'mock', refillIntervalMs: 1_000 });
+    expect(problemsOf(() => loadConfig({ env: { STACYVM_POOL_PROVIDER: 'nope' } })).map((p) => p.key)).toContain('pool.provider');
   });
 
   it('env overrides file', () => {
@@ -222,6 +229,7 @@ describe('every key has an effect', () => {
     'auth.worker_tokens': ['w1=t'],
     'server.cors_allowed_origins': ['https://a.example'],
     'worker.id': ['w-7'],
+    'pool.provider': ['mock'],
   };
   const changed = (k: KeyDef): string => {
     const d = typeof k.default === 'function' ? undefined : k.default;

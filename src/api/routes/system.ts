@@ -8,9 +8,11 @@ import type { ApiContext } from '../context.js';
 import {
   DiagnosticsWire,
   ErrorBody,
+  PoolStatusWire,
   ProviderDetailWire,
   ProviderSummaryWire,
   diagnosticsOut,
+  poolStatusOut,
   providerDetailOut,
   providerSummaryOut,
   snakeKeys,
@@ -65,6 +67,7 @@ export function systemRoutes(app: FastifyInstance, ctx: ApiContext): void {
     app.get(`${prefix}/diagnostics`, { schema: { tags: ['system'], response: { 200: DiagnosticsWire, ...errors } } }, diagnostics);
     app.get(`${prefix}/metrics`, { schema: { tags: ['system'], response: { 200: FreeObject, ...errors } } }, metrics);
     app.get(`${prefix}/metrics/prometheus`, { schema: { tags: ['system'], response: errors } }, prometheus);
+    app.get(`${prefix}/pool/status`, { schema: { tags: ['system'], response: { 200: PoolStatusWire, ...errors } } }, async () => poolStatusOut(await service.poolStatus()));
   }
 
   // Open event streams never go idle, so they are ended before the server waits for connections.

@@ -9,6 +9,7 @@ import type {
   AdmissionReport,
   Caller,
   Diagnostics,
+  PoolStatus,
   ExecCall,
   ExecOutcome,
   HeartbeatInput,
@@ -267,6 +268,9 @@ export class FakeService implements SandboxService {
   }
   async quotaUsage(ownerId: string): Promise<QuotaUsage> {
     return { ownerId, activeSandboxes: 0, memoryMb: 0, vcpus: 0, quota: this.quotas.get(ownerId) ?? null };
+  }
+  async poolStatus(): Promise<PoolStatus> {
+    return { enabled: true, targetSize: 2, ready: 1, creating: 1, image: 'python:3', provider: 'mock', claimsTotal: 3, missesTotal: 4 };
   }
   async diagnostics(): Promise<Diagnostics> {
     const items = await this.listWorkers();
