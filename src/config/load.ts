@@ -299,6 +299,7 @@ function assemble(values: ReadonlyMap<string, KeyValue>): Config {
       id: str('worker.id'),
       heartbeatIntervalMs: num('worker.heartbeat_interval'),
       leaseTtlMs: num('worker.lease_ttl'),
+      maxSandboxes: num('worker.max_sandboxes'),
       rpcCredential: str('worker.rpc_credential') as Config['worker']['rpcCredential'],
       rpcTls: {
         ca: str('worker.rpc_tls.ca'),

@@ -99,6 +99,7 @@ export const CONFIG_KEYS = [
   { path: 'worker.id', kind: 'string', default: 'local', doc: 'Id this process registers as in the worker registry.' },
   { path: 'worker.heartbeat_interval', kind: 'duration', default: 30_000, min: 1, doc: 'How often this process refreshes its worker heartbeat.' },
   { path: 'worker.lease_ttl', kind: 'duration', default: 2 * 60_000, min: 1, doc: 'Lifetime of ownership leases this process acquires; renewed while work continues.' },
+  { path: 'worker.max_sandboxes', kind: 'int', default: 0, min: 0, doc: 'Sandboxes this server places on its own providers; once it has that many, placement picks a remote worker. 0 = defaults.max_sandboxes.' },
   { path: 'worker.rpc_credential', kind: 'enum', values: ['auto', 'token', 'signed'], default: 'auto', doc: 'What the control plane presents on its calls to remote workers: "token" (the worker\'s entry in auth.worker_tokens, else auth.worker_token), "signed" (short-lived aud worker:rpc tokens minted with auth.worker_signing_keys), "auto" (signed when signing keys are configured, else token).' },
   { path: 'worker.rpc_tls.ca', kind: 'string', default: '', doc: 'Control plane side: PEM file with the CA that signs workers\' RPC server certificates (https rpc_url); empty trusts the system store.' },
   { path: 'worker.rpc_tls.cert', kind: 'string', default: '', doc: 'Control plane side: PEM client certificate presented to workers that require mTLS (with worker.rpc_tls.key).' },

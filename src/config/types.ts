@@ -59,6 +59,8 @@ export interface Config {
     id: string; // 'local'
     heartbeatIntervalMs: number; // 30s
     leaseTtlMs: number; // 2m
+    /** Capacity the server's own worker advertises; 0 = defaults.maxSandboxes. */
+    maxSandboxes: number;
     /** The credential the control plane presents to remote workers. */
     rpcCredential: 'auto' | 'token' | 'signed';
     /** Control plane → worker RPC client TLS: PEM file paths, '' = unset. */

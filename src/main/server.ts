@@ -88,7 +88,7 @@ export async function startServer(config: Config, options: { logger?: Logger } =
       id: config.worker.id,
       providers: registry.names(),
       capacity: {
-        maxSandboxes: config.defaults.maxSandboxes,
+        maxSandboxes: config.worker.maxSandboxes > 0 ? config.worker.maxSandboxes : config.defaults.maxSandboxes,
         ...(config.defaults.maxSandboxesPerOwner > 0 ? { maxSandboxesPerOwner: config.defaults.maxSandboxesPerOwner } : {}),
         ...(config.server.previewDomain !== '' ? { previewDomain: config.server.previewDomain } : {}),
       },

@@ -79,6 +79,7 @@ describe('defaults', () => {
       id: 'local',
       heartbeatIntervalMs: 30_000,
       leaseTtlMs: 120_000,
+      maxSandboxes: 0,
       rpcCredential: 'auto',
       rpcTls: { ca: '', cert: '', key: '', serverName: '' },
       rpcServerTls: { cert: '', key: '', clientCa: '', clientCertOptional: false },
