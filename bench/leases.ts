@@ -6,12 +6,11 @@
  *
  *   npm run bench:leases            # env: BENCH_DURATION_MS (default 3000)
  */
-import { randomBytes } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import pg from 'pg';
 import { openStore, type OpenStoreOptions } from '../src/store/index.js';
+import { createScratchDatabase } from '../test/fixtures/pg-scratch.js';
 import { checkLeaseHistory, runLeaseRacer, type OpStats } from '../test/fixtures/lease-race.js';
 
 const RACERS = 8;
@@ -77,16 +76,6 @@ async function bench(dialect: string, options: OpenStoreOptions): Promise<void> 
   }
 }
 
-async function withPgClient<T>(dsn: string, fn: (client: pg.Client) => Promise<T>): Promise<T> {
-  const client = new pg.Client({ connectionString: dsn });
-  await client.connect();
-  try {
-    return await fn(client);
-  } finally {
-    await client.end();
-  }
-}
-
 const dir = await mkdtemp(join(tmpdir(), 'stacyvm-bench-leases-'));
 try {
   await bench('sqlite', { driver: 'sqlite', path: join(dir, 'stacyvm.db') });
@@ -98,13 +87,10 @@ const dsn = process.env.STACYVM_TEST_PG_DSN;
 if (!dsn) {
   console.log(JSON.stringify({ bench: 'leases', dialect: 'postgres', skipped: 'STACYVM_TEST_PG_DSN is not set' }));
 } else {
-  const database = `stacyvm_bench_${randomBytes(6).toString('hex')}`;
-  await withPgClient(dsn, (c) => c.query(`CREATE DATABASE ${database}`));
+  const scratch = await createScratchDatabase(dsn, 'stacyvm_bench');
   try {
-    const url = new URL(dsn);
-    url.pathname = `/${database}`;
-    await bench('postgres', { driver: 'postgres', dsn: url.toString() });
+    await bench('postgres', { driver: 'postgres', dsn: scratch.dsn });
   } finally {
-    await withPgClient(dsn, (c) => c.query(`DROP DATABASE IF EXISTS ${database} WITH (FORCE)`));
+    await scratch.drop();
   }
 }

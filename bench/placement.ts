@@ -9,12 +9,10 @@
  *
  *   npm run bench:placement        # env: BENCH_WORKERS (1000), BENCH_SANDBOXES (3000), BENCH_ROUNDS (300)
  */
-import { randomBytes } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import pg from 'pg';
 import { defaultConfig } from '../src/config/load.js';
 import type { Config } from '../src/config/types.js';
 import type { SandboxRecord, WorkerRecord } from '../src/core/types.js';
@@ -24,6 +22,7 @@ import type { Caller } from '../src/orchestrator/service.js';
 import { MockProvider } from '../src/providers/mock/mock-provider.js';
 import { openStore, type OpenStoreOptions } from '../src/store/index.js';
 import type { Store } from '../src/store/store.js';
+import { createScratchDatabase } from '../test/fixtures/pg-scratch.js';
 import { checkLeaseHistory, runLeaseRacer } from '../test/fixtures/lease-race.js';
 
 const WORKERS = Number(process.env.BENCH_WORKERS ?? 1000);
@@ -141,16 +140,6 @@ async function bench(dialect: string, options: OpenStoreOptions, root: string): 
   }
 }
 
-async function withPgClient<T>(dsn: string, fn: (client: pg.Client) => Promise<T>): Promise<T> {
-  const client = new pg.Client({ connectionString: dsn });
-  await client.connect();
-  try {
-    return await fn(client);
-  } finally {
-    await client.end();
-  }
-}
-
 const dir = await mkdtemp(join(tmpdir(), 'stacyvm-bench-placement-'));
 try {
   await bench('sqlite', { driver: 'sqlite', path: join(dir, 'stacyvm.db') }, dir);
@@ -159,14 +148,11 @@ try {
   if (!dsn) {
     console.log(JSON.stringify({ bench: 'placement', dialect: 'postgres', skipped: 'STACYVM_TEST_PG_DSN is not set' }));
   } else {
-    const database = `stacyvm_bench_${randomBytes(6).toString('hex')}`;
-    await withPgClient(dsn, (c) => c.query(`CREATE DATABASE ${database}`));
+    const scratch = await createScratchDatabase(dsn, 'stacyvm_bench');
     try {
-      const url = new URL(dsn);
-      url.pathname = `/${database}`;
-      await bench('postgres', { driver: 'postgres', dsn: url.toString() }, dir);
+      await bench('postgres', { driver: 'postgres', dsn: scratch.dsn }, dir);
     } finally {
-      await withPgClient(dsn, (c) => c.query(`DROP DATABASE IF EXISTS ${database} WITH (FORCE)`));
+      await scratch.drop();
     }
   }
 } finally {

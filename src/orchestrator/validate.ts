@@ -42,7 +42,7 @@ export function checkEnv(env: Record<string, string>, field = 'env'): Record<str
 const MAX_METADATA_ENTRIES = 64;
 
 /** Metadata is free-form but bounded, so one record cannot grow without limit. */
-export function checkMetadata(metadata: Record<string, string>): Record<string, string> {
+function checkMetadata(metadata: Record<string, string>): Record<string, string> {
   const entries = Object.entries(metadata);
   if (entries.length > MAX_METADATA_ENTRIES) throw badRequest(`metadata: at most ${MAX_METADATA_ENTRIES} entries`);
   for (const [k, v] of entries) {

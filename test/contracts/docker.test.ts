@@ -3,16 +3,14 @@
  * (scripts/test-services.sh docker), in the busybox test image built by the fixture.
  */
 import { DockerProvider } from '../../src/providers/docker/index.js';
-import { busyboxStaticProbe, dockerSocketProbe, ensureTestImage, testDockerClient, testDockerConfig, TEST_IMAGE } from '../fixtures/docker.js';
+import { TEST_IMAGE, busyboxStaticProbe, dockerSocketProbe, readyTestDocker, testDockerConfig } from '../fixtures/docker.js';
 import { hostSupports } from '../host.js';
 import { providerContract } from './provider.contract.js';
 
 providerContract(
   'docker',
   async () => {
-    const docker = testDockerClient();
-    await docker.ping();
-    await ensureTestImage(docker);
+    await readyTestDocker();
     const provider = new DockerProvider({ config: testDockerConfig() });
     return { provider, image: TEST_IMAGE, cleanup: () => provider.close() };
   },

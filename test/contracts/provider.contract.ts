@@ -34,6 +34,7 @@ import { StacyError, type ErrorCode } from '../../src/core/errors.js';
 import { newSandboxId } from '../../src/core/ids.js';
 import { collectExec } from '../../src/providers/exec-util.js';
 import type { ExecEvent, ExecRequest, Provider, SpawnSpec } from '../../src/providers/provider.js';
+import { readAll, shellRequest } from '../fixtures/exec.js';
 
 export interface ContractSetup {
   provider: Provider;
@@ -62,12 +63,6 @@ export async function expectCode(fn: () => Promise<unknown>, ...codes: ErrorCode
     return err as StacyError;
   }
   throw new Error(`expected a StacyError ${codes.join('|')}, but the call succeeded with ${JSON.stringify(result)}`);
-}
-
-async function readAll(stream: Readable): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  for await (const chunk of stream) chunks.push(Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk as string));
-  return Buffer.concat(chunks);
 }
 
 /** Succeeds with the outcome of `fn`, or with the error when it is a StacyError of an allowed code. */
@@ -112,14 +107,6 @@ export function providerContract(name: string, setup: () => Promise<ContractSetu
       spawned.push(runtimeId);
       return { runtimeId, spec: s };
     };
-    const req = (command: string, extra: Partial<ExecRequest> = {}): ExecRequest => ({
-      command,
-      args: [],
-      mode: 'shell',
-      env: {},
-      timeoutMs: 20_000,
-      ...extra,
-    });
     const events = async (runtimeId: string, request: ExecRequest): Promise<ExecEvent[]> => {
       const out: ExecEvent[] = [];
       for await (const e of provider.execStream(runtimeId, request)) out.push(e);
@@ -142,7 +129,7 @@ export function providerContract(name: string, setup: () => Promise<ContractSetu
       if (exits !== 1) throw new Error('exec stream ended without an exit event');
     }
     const run = (command: string, extra: Partial<ExecRequest> = {}, runtimeId = rt) =>
-      collectExec(checked(provider.execStream(runtimeId, req(command, extra))));
+      collectExec(checked(provider.execStream(runtimeId, shellRequest(command, extra))));
     const text = async (path: string, runtimeId = rt): Promise<string> =>
       (await readAll(await provider.readFile(runtimeId, path))).toString('utf8');
     const expectSingleExitLast = (evs: ExecEvent[]): void => {
@@ -310,7 +297,7 @@ export function providerContract(name: string, setup: () => Promise<ContractSetu
       });
 
       it('yields chunks in order with exactly one exit event last', async () => {
-        const evs = await events(rt, req('i=1; while [ $i -le 300 ]; do echo line$i; i=$((i+1)); done; echo done >&2; exit 4'));
+        const evs = await events(rt, shellRequest('i=1; while [ $i -le 300 ]; do echo line$i; i=$((i+1)); done; echo done >&2; exit 4'));
         expectSingleExitLast(evs);
         const out = Buffer.concat(evs.flatMap((e) => (e.type === 'stdout' ? [e.data] : []))).toString();
         expect(out).toBe(Array.from({ length: 300 }, (_, i) => `line${i + 1}\n`).join(''));
@@ -328,7 +315,7 @@ export function providerContract(name: string, setup: () => Promise<ContractSetu
         const seen: string[] = [];
         for await (const e of provider.execStream(
           rt,
-          req('echo first; while [ ! -f go ]; do sleep 0.1; done; echo second', { timeoutMs: 15_000 }),
+          shellRequest('echo first; while [ ! -f go ]; do sleep 0.1; done; echo second', { timeoutMs: 15_000 }),
         )) {
           if (e.type === 'stdout') {
             seen.push(e.data.toString());
@@ -348,7 +335,7 @@ export function providerContract(name: string, setup: () => Promise<ContractSetu
         let total = 0;
         let chunks = 0;
         const evs: ExecEvent['type'][] = [];
-        for await (const e of provider.execStream(rt, req(`head -c ${size} /dev/zero | tr '\\0' 'a'`))) {
+        for await (const e of provider.execStream(rt, shellRequest(`head -c ${size} /dev/zero | tr '\\0' 'a'`))) {
           evs.push(e.type);
           if (e.type === 'stdout') {
             hash.update(e.data);
@@ -373,7 +360,7 @@ export function providerContract(name: string, setup: () => Promise<ContractSetu
       });
 
       it('breaking out of the stream kills the command', async () => {
-        for await (const e of provider.execStream(rt, req('echo started; sleep 2; echo late > late-break.txt; sleep 30'))) {
+        for await (const e of provider.execStream(rt, shellRequest('echo started; sleep 2; echo late > late-break.txt; sleep 30'))) {
           if (e.type === 'stdout') break;
         }
         await sleep(3000);
@@ -385,7 +372,7 @@ export function providerContract(name: string, setup: () => Promise<ContractSetu
         let threw = false;
         let sawExit = false;
         try {
-          for await (const e of provider.execStream(rt, req('echo started; sleep 2; echo late > late-abort.txt; sleep 30'), ac.signal)) {
+          for await (const e of provider.execStream(rt, shellRequest('echo started; sleep 2; echo late > late-abort.txt; sleep 30'), ac.signal)) {
             if (e.type === 'stdout') ac.abort();
             if (e.type === 'exit') sawExit = true;
           }

@@ -8,51 +8,16 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'no
 import { createServer, type Server } from 'node:net';
 import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { Readable } from 'node:stream';
 import type Docker from 'dockerode';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { isStacyError } from '../../src/core/errors.js';
 import { DockerProvider } from '../../src/providers/docker/index.js';
-import type { ExecEvent, ExecRequest } from '../../src/providers/provider.js';
-import { busyboxStaticProbe, dockerSocketProbe, ensureTestImage, testDockerClient, testDockerConfig, testSpawnSpec } from '../fixtures/docker.js';
+import type { ExecRequest } from '../../src/providers/provider.js';
+import { collectOutcome, readAll, shellRequest, type ExecOutcome } from '../fixtures/exec.js';
+import { busyboxStaticProbe, dockerSocketProbe, readyTestDocker, testDockerConfig, testSpawnSpec } from '../fixtures/docker.js';
 import { hostSupports } from '../host.js';
 
 const supported = hostSupports('docker escape', dockerSocketProbe, busyboxStaticProbe);
-
-interface Outcome {
-  stdout: string;
-  stderr: string;
-  exitCode: number | null;
-  error: unknown;
-}
-
-async function collect(events: AsyncIterable<ExecEvent>): Promise<Outcome> {
-  const out: Outcome = { stdout: '', stderr: '', exitCode: null, error: undefined };
-  try {
-    for await (const e of events) {
-      if (e.type === 'exit') out.exitCode = e.exitCode;
-      else out[e.type] += e.data.toString('utf8');
-    }
-  } catch (err) {
-    out.error = err;
-  }
-  return out;
-}
-
-const req = (command: string, extra: Partial<ExecRequest> = {}): ExecRequest => ({
-  command,
-  args: [],
-  mode: 'shell',
-  env: {},
-  timeoutMs: 20_000,
-  ...extra,
-});
-
-async function readAll(stream: Readable): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  for await (const c of stream) chunks.push(c as Buffer);
-  return Buffer.concat(chunks);
-}
 
 const sha = (path: string): string | null => (existsSync(path) ? createHash('sha256').update(readFileSync(path)).digest('hex') : null);
 
@@ -71,13 +36,11 @@ describe.skipIf(!supported)('docker sandbox escape attempts (real dockerd)', () 
   let provider: DockerProvider;
   let rt: string;
   const spawned: Array<{ p: DockerProvider; id: string }> = [];
-  const sh = (command: string, extra: Partial<ExecRequest> = {}, id = rt, p = provider): Promise<Outcome> =>
-    collect(p.execStream(id, req(command, extra)));
+  const sh = (command: string, extra: Partial<ExecRequest> = {}, id = rt, p = provider): Promise<ExecOutcome> =>
+    collectOutcome(p.execStream(id, shellRequest(command, extra)));
 
   beforeAll(async () => {
-    docker = testDockerClient();
-    await docker.ping();
-    await ensureTestImage(docker);
+    docker = await readyTestDocker();
     provider = new DockerProvider({ config: testDockerConfig() });
     rt = (await provider.spawn(testSpawnSpec())).runtimeId;
     spawned.push({ p: provider, id: rt });

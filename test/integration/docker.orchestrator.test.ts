@@ -8,7 +8,7 @@ import { text } from 'node:stream/consumers';
 import type Docker from 'dockerode';
 import { afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { DockerProvider } from '../../src/providers/docker/index.js';
-import { TEST_IMAGE, busyboxStaticProbe, dockerSocketProbe, ensureTestImage, testDockerClient, testDockerConfig, testSpawnSpec } from '../fixtures/docker.js';
+import { TEST_IMAGE, busyboxStaticProbe, dockerSocketProbe, readyTestDocker, testDockerConfig, testSpawnSpec } from '../fixtures/docker.js';
 import { hostSupports } from '../host.js';
 import { anon, harness, leaseHolder, type Harness } from '../unit/orchestrator/harness.js';
 
@@ -24,9 +24,7 @@ describe.skipIf(!supported)('orchestrator on the docker provider (real dockerd)'
   const otherWorker = `${workerId}-other`;
   
   beforeAll(async () => {
-    docker = testDockerClient();
-    await docker.ping();
-    await ensureTestImage(docker);
+    docker = await readyTestDocker();
   });
 
   const start = async (reconcile: 'adopt' | 'destroy' = 'adopt'): Promise<Harness> => {

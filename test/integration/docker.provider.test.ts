@@ -11,13 +11,15 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { StacyError} from '../../src/core/errors.js';
 import { isStacyError } from '../../src/core/errors.js';
 import { DockerProvider, LABEL_SANDBOX_ID } from '../../src/providers/docker/index.js';
-import type { ExecEvent, ExecRequest } from '../../src/providers/provider.js';
+import type { ExecRequest } from '../../src/providers/provider.js';
 import { dockerRegistryProbe, pushAndForget, startTestRegistry, type TestRegistry } from '../fixtures/docker-registry.js';
+import { collectOutcome, readAll, shellRequest, type ExecOutcome } from '../fixtures/exec.js';
 import {
   TEST_IMAGE,
   busyboxStaticProbe,
   dockerSocketProbe,
   ensureTestImage,
+  readyTestDocker,
   testDockerClient,
   testDockerConfig,
   testSpawnSpec,
@@ -25,41 +27,6 @@ import {
 import { hostSupports } from '../host.js';
 
 const supported = hostSupports('docker provider', dockerSocketProbe, busyboxStaticProbe);
-
-interface ExecOutcome {
-  stdout: string;
-  stderr: string;
-  exitCode: number | null;
-  error: unknown;
-}
-
-async function collect(events: AsyncIterable<ExecEvent>): Promise<ExecOutcome> {
-  const out: ExecOutcome = { stdout: '', stderr: '', exitCode: null, error: undefined };
-  try {
-    for await (const e of events) {
-      if (e.type === 'exit') out.exitCode = e.exitCode;
-      else out[e.type] += e.data.toString('utf8');
-    }
-  } catch (err) {
-    out.error = err;
-  }
-  return out;
-}
-
-const req = (command: string, extra: Partial<ExecRequest> = {}): ExecRequest => ({
-  command,
-  args: [],
-  mode: 'shell',
-  env: {},
-  timeoutMs: 20_000,
-  ...extra,
-});
-
-async function readAll(stream: Readable): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  for await (const c of stream) chunks.push(c as Buffer);
-  return Buffer.concat(chunks);
-}
 
 async function expectCode(p: Promise<unknown>, code: StacyError['code']): Promise<void> {
   const err = await p.then(
@@ -76,12 +43,10 @@ describe.skipIf(!supported)('docker provider (real dockerd)', () => {
   const spawned: string[] = [];
 
   const sh = async (command: string, extra: Partial<ExecRequest> = {}): Promise<ExecOutcome> =>
-    collect(provider.execStream(rt, req(command, extra)));
+    collectOutcome(provider.execStream(rt, shellRequest(command, extra)));
 
   beforeAll(async () => {
-    docker = testDockerClient();
-    await docker.ping();
-    await ensureTestImage(docker);
+    docker = await readyTestDocker();
     provider = new DockerProvider({ config: testDockerConfig() });
     const { runtimeId } = await provider.spawn(testSpawnSpec({ env: { SPAWN_ENV: 'from-spawn' }, labels: { team: 'qa' } }));
     rt = runtimeId;
@@ -129,18 +94,18 @@ describe.skipIf(!supported)('docker provider (real dockerd)', () => {
       const { runtimeId } = await provider.spawn(testSpawnSpec({ image }));
       spawned.push(runtimeId);
       expect(await provider.status(runtimeId)).toBe('running');
-      expect((await collect(provider.execStream(runtimeId, req('echo up')))).stdout).toBe('up\n');
+      expect((await collectOutcome(provider.execStream(runtimeId, shellRequest('echo up')))).stdout).toBe('up\n');
     });
 
     it('gives an image that runs as a non-root user a writable /workspace', async () => {
       const image = await ensureTestImage(docker, 'stacyvm-test/busybox:nobody', ['USER 65534']);
       const { runtimeId } = await provider.spawn(testSpawnSpec({ image }));
       spawned.push(runtimeId);
-      const r = await collect(provider.execStream(runtimeId, req('id -u; touch /workspace/mine && echo writable; pwd')));
+      const r = await collectOutcome(provider.execStream(runtimeId, shellRequest('id -u; touch /workspace/mine && echo writable; pwd')));
       expect(r.stdout).toBe('65534\nwritable\n/workspace\n');
       await provider.writeFile(runtimeId, '/workspace/from-api.txt', Buffer.from('api'));
       // Uploaded files belong to the sandbox user, who can change them.
-      const edit = await collect(provider.execStream(runtimeId, req('echo more >> /workspace/from-api.txt && stat -c %u /workspace/from-api.txt')));
+      const edit = await collectOutcome(provider.execStream(runtimeId, shellRequest('echo more >> /workspace/from-api.txt && stat -c %u /workspace/from-api.txt')));
       expect(edit.stdout).toBe('65534\n');
       expect((await readAll(await provider.readFile(runtimeId, '/workspace/from-api.txt'))).toString()).toBe('apimore\n');
     });
@@ -149,7 +114,7 @@ describe.skipIf(!supported)('docker provider (real dockerd)', () => {
       const ro = new DockerProvider({ config: testDockerConfig({ readOnlyRootfs: true }) });
       const { runtimeId } = await ro.spawn(testSpawnSpec());
       spawned.push(runtimeId);
-      const r = await collect(ro.execStream(runtimeId, req('touch /etc/x 2>/dev/null || echo ro; touch /workspace/w /tmp/t && echo rw')));
+      const r = await collectOutcome(ro.execStream(runtimeId, shellRequest('touch /etc/x 2>/dev/null || echo ro; touch /workspace/w /tmp/t && echo rw')));
       expect(r.stdout).toBe('ro\nrw\n');
       await ro.writeFile(runtimeId, '/workspace/sub/f.txt', Buffer.from('on a volume'));
       expect((await readAll(await ro.readFile(runtimeId, '/workspace/sub/f.txt'))).toString()).toBe('on a volume');
@@ -174,7 +139,7 @@ describe.skipIf(!supported)('docker provider (real dockerd)', () => {
     });
 
     it('runs argv without a shell, so metacharacters stay literal', async () => {
-      const r = await collect(provider.execStream(rt, req('echo', { mode: 'argv', args: ['a  b', "it's", '$(id)', '; rm -rf /'] })));
+      const r = await collectOutcome(provider.execStream(rt, shellRequest('echo', { mode: 'argv', args: ['a  b', "it's", '$(id)', '; rm -rf /'] })));
       expect(r.stdout).toBe("a  b it's $(id) ; rm -rf /\n");
       expect(r.exitCode).toBe(0);
     });
@@ -185,13 +150,13 @@ describe.skipIf(!supported)('docker provider (real dockerd)', () => {
     });
 
     it('keeps binary output intact', async () => {
-      const r = await collect(provider.execStream(rt, req('head -c 65536 /dev/urandom | tee /tmp/rand | md5sum; md5sum < /tmp/rand')));
+      const r = await collectOutcome(provider.execStream(rt, shellRequest('head -c 65536 /dev/urandom | tee /tmp/rand | md5sum; md5sum < /tmp/rand')));
       const [a, b] = r.stdout.trim().split('\n');
       expect(a?.slice(0, 32)).toBe(b?.slice(0, 32));
     });
 
     it('streams output while the command is still running', async () => {
-      const iter = provider.execStream(rt, req('echo first; sleep 30; echo never'))[Symbol.asyncIterator]();
+      const iter = provider.execStream(rt, shellRequest('echo first; sleep 30; echo never'))[Symbol.asyncIterator]();
       const first = await iter.next();
       expect(first.done).toBe(false);
       expect(first.value).toMatchObject({ type: 'stdout' });
@@ -229,7 +194,7 @@ describe.skipIf(!supported)('docker provider (real dockerd)', () => {
 
     it('kills the command when the signal aborts', async () => {
       const ac = new AbortController();
-      const events = provider.execStream(rt, req('echo go; sleep 4325'), ac.signal);
+      const events = provider.execStream(rt, shellRequest('echo go; sleep 4325'), ac.signal);
       const seen: string[] = [];
       const err = await (async () => {
         for await (const e of events) {
@@ -248,7 +213,7 @@ describe.skipIf(!supported)('docker provider (real dockerd)', () => {
     });
 
     it('holds the producer back while the consumer does not read (backpressure)', async () => {
-      const iter = provider.execStream(rt, req('dd if=/dev/zero bs=65536 count=16384 2>/dev/null; echo done'))[Symbol.asyncIterator]();
+      const iter = provider.execStream(rt, shellRequest('dd if=/dev/zero bs=65536 count=16384 2>/dev/null; echo done'))[Symbol.asyncIterator]();
       // busybox runs dd in a forked shell, so its args show the parent's; count by name.
       const dd = async (): Promise<string> => (await sh('ps -o comm | grep -c "^dd$" || true')).stdout.trim();
       const first = await iter.next();
@@ -264,7 +229,7 @@ describe.skipIf(!supported)('docker provider (real dockerd)', () => {
 
     it('reports a missing program as exit 127 and a missing workdir as not_found', async () => {
       for (const command of ['/no/such/binary', 'no-such-program']) {
-        const r = await collect(provider.execStream(rt, req(command, { mode: 'argv' })));
+        const r = await collectOutcome(provider.execStream(rt, shellRequest(command, { mode: 'argv' })));
         expect(r.error).toBeUndefined();
         expect(r.exitCode).toBe(127);
         // The runtime's complaint is a diagnostic on stderr, not the command's stdout.
@@ -272,14 +237,14 @@ describe.skipIf(!supported)('docker provider (real dockerd)', () => {
         expect(r.stderr).toContain(command);
       }
       await sh('printf "not a program" > /workspace/plain && chmod 644 /workspace/plain');
-      expect((await collect(provider.execStream(rt, req('/workspace/plain', { mode: 'argv' })))).exitCode).toBe(126);
-      const wd = await collect(provider.execStream(rt, req('pwd', { workdir: '/workspace/no-such-dir' })));
+      expect((await collectOutcome(provider.execStream(rt, shellRequest('/workspace/plain', { mode: 'argv' })))).exitCode).toBe(126);
+      const wd = await collectOutcome(provider.execStream(rt, shellRequest('pwd', { workdir: '/workspace/no-such-dir' })));
       expect(isStacyError(wd.error, 'not_found')).toBe(true);
     });
 
     it('validates requests and honours timeouts beyond the timer range', async () => {
-      for (const bad of [req('true', { timeoutMs: 0 }), req('', { mode: 'argv' }), req('true', { env: { 'A=B': 'x' } })]) {
-        expect(isStacyError((await collect(provider.execStream(rt, bad))).error, 'bad_request')).toBe(true);
+      for (const bad of [shellRequest('true', { timeoutMs: 0 }), shellRequest('', { mode: 'argv' }), shellRequest('true', { env: { 'A=B': 'x' } })]) {
+        expect(isStacyError((await collectOutcome(provider.execStream(rt, bad))).error, 'bad_request')).toBe(true);
       }
       expect((await sh('echo ok', { timeoutMs: 2 ** 40 })).stdout).toBe('ok\n');
     });
@@ -287,7 +252,7 @@ describe.skipIf(!supported)('docker provider (real dockerd)', () => {
     it('ends a running command with exit 137 when the sandbox is destroyed', async () => {
       const { runtimeId } = await provider.spawn(testSpawnSpec());
       spawned.push(runtimeId);
-      const iter = provider.execStream(runtimeId, req('echo up; sleep 30'))[Symbol.asyncIterator]();
+      const iter = provider.execStream(runtimeId, shellRequest('echo up; sleep 30'))[Symbol.asyncIterator]();
       expect((await iter.next()).value).toMatchObject({ type: 'stdout' });
       const pending = iter.next();
       await provider.destroy(runtimeId);
@@ -431,7 +396,7 @@ describe.skipIf(!supported)('docker provider (real dockerd)', () => {
       const { runtimeId } = await alt.spawn(testSpawnSpec());
       spawned.push(runtimeId);
       expect((await docker.getContainer(runtimeId).inspect()).HostConfig.Runtime).toBe('io.containerd.runc.v2');
-      expect((await collect(alt.execStream(runtimeId, req('echo on-alt')))).stdout).toBe('on-alt\n');
+      expect((await collectOutcome(alt.execStream(runtimeId, shellRequest('echo on-alt')))).stdout).toBe('on-alt\n');
     });
 
     it('lets a fresh provider (a restarted server) adopt running containers from labels', async () => {
@@ -441,7 +406,7 @@ describe.skipIf(!supported)('docker provider (real dockerd)', () => {
       expect(mine).toMatchObject({ status: 'running', workerId: 'local', ownerId: 'owner-test' });
       expect(mine?.sandboxId).toMatch(/^sb-/);
       expect(mine?.createdAt).toBeGreaterThan(0);
-      const r = await collect(restarted.execStream(rt, req('echo adopted')));
+      const r = await collectOutcome(restarted.execStream(rt, shellRequest('echo adopted')));
       expect(r.stdout).toBe('adopted\n');
     });
 
@@ -450,7 +415,7 @@ describe.skipIf(!supported)('docker provider (real dockerd)', () => {
       try {
         expect(await provider.status(foreign.id)).toBe('missing');
         await provider.destroy(foreign.id);
-        await expectCode(collect(provider.execStream(foreign.id, req('true'))).then((o) => { if (o.error) throw o.error; }), 'not_found');
+        await expectCode(collectOutcome(provider.execStream(foreign.id, shellRequest('true'))).then((o) => { if (o.error) throw o.error; }), 'not_found');
         expect((await foreign.inspect()).Id).toBe(foreign.id);
         expect((await provider.inventory()).some((r) => r.runtimeId === foreign.id)).toBe(false);
       } finally {
@@ -468,7 +433,7 @@ describe.skipIf(!supported)('docker provider (real dockerd)', () => {
       await provider.destroy('0123456789ab');
       expect(await provider.status(runtimeId)).toBe('missing');
       await expect(docker.getContainer(runtimeId).inspect()).rejects.toMatchObject({ statusCode: 404 });
-      const exec = await collect(provider.execStream(runtimeId, req('true')));
+      const exec = await collectOutcome(provider.execStream(runtimeId, shellRequest('true')));
       expect(isStacyError(exec.error, 'not_found')).toBe(true);
       await expectCode(provider.readFile(runtimeId, '/etc/passwd'), 'not_found');
       await expectCode(provider.writeFile(runtimeId, '/workspace/x', Buffer.from('x')), 'not_found');
@@ -485,7 +450,7 @@ describe.skipIf(!supported)('docker provider (real dockerd)', () => {
       for (let i = 0; i < 3; i++) {
         const { runtimeId } = await provider.spawn(testSpawnSpec());
         spawned.push(runtimeId);
-        const [exec] = await Promise.all([collect(provider.execStream(runtimeId, req('sleep 30'))), provider.destroy(runtimeId)]);
+        const [exec] = await Promise.all([collectOutcome(provider.execStream(runtimeId, shellRequest('sleep 30'))), provider.destroy(runtimeId)]);
         if (exec.error !== undefined) expect(isStacyError(exec.error, 'not_found'), String(exec.error)).toBe(true);
         else expect(exec.exitCode).toBe(137);
         await expect(docker.getContainer(runtimeId).inspect()).rejects.toMatchObject({ statusCode: 404 });
@@ -497,7 +462,7 @@ describe.skipIf(!supported)('docker provider (real dockerd)', () => {
       spawned.push(runtimeId);
       await docker.getContainer(runtimeId).stop({ t: 0 });
       expect(await provider.status(runtimeId)).toBe('stopped');
-      const r = await collect(provider.execStream(runtimeId, req('true')));
+      const r = await collectOutcome(provider.execStream(runtimeId, shellRequest('true')));
       expect(isStacyError(r.error, 'conflict'), String(r.error)).toBe(true);
       expect((await provider.inventory()).find((x) => x.runtimeId === runtimeId)?.status).toBe('stopped');
     });
@@ -507,7 +472,7 @@ describe.skipIf(!supported)('docker provider (real dockerd)', () => {
       spawned.push(runtimeId);
       expect((await sh('true')).exitCode).toBe(0);
       await docker.getContainer(runtimeId).remove({ force: true });
-      const exec = await collect(provider.execStream(runtimeId, req('true')));
+      const exec = await collectOutcome(provider.execStream(runtimeId, shellRequest('true')));
       expect(isStacyError(exec.error, 'not_found')).toBe(true);
       await expectCode(provider.readFile(runtimeId, '/etc/passwd'), 'not_found');
     });
@@ -557,7 +522,7 @@ describe.skipIf(!registrySupported)('docker provider image pulls (loopback regis
     });
     const { runtimeId } = await provider.spawn(testSpawnSpec({ image: ref }));
     spawned.push({ provider, id: runtimeId });
-    expect((await collect(provider.execStream(runtimeId, req('echo pulled')))).stdout).toBe('pulled\n');
+    expect((await collectOutcome(provider.execStream(runtimeId, shellRequest('echo pulled')))).stdout).toBe('pulled\n');
     expect(progress.length).toBeGreaterThan(0);
     expect(progress.some((p) => p.includes('Download complete') || p.includes('Pull complete') || p.includes('Status'))).toBe(true);
     expect(logged.some((l) => l.includes('pulling image'))).toBe(true);
@@ -588,7 +553,7 @@ describe.skipIf(!registrySupported)('docker provider image pulls (loopback regis
       const authed = new DockerProvider({ config: testDockerConfig({ registryAuth: { ...creds, serveraddress: `http://${locked.address}/` } }) });
       const { runtimeId } = await authed.spawn(testSpawnSpec({ image: ref }));
       spawned.push({ provider: authed, id: runtimeId });
-      expect((await collect(authed.execStream(runtimeId, req('echo private')))).stdout).toBe('private\n');
+      expect((await collectOutcome(authed.execStream(runtimeId, shellRequest('echo private')))).stdout).toBe('private\n');
     } finally {
       await locked.stop();
     }

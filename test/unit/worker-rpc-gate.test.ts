@@ -1,11 +1,8 @@
 import { describe, expect, it } from 'vitest';
 import { ManualClock, toIso } from '../../src/core/clock.js';
-import { StacyError, type ErrorCode } from '../../src/core/errors.js';
 import { LeaseFence, WorkerAuthenticator, WorkerRpcGate, mintWorkerToken, type IncomingRpc, type WorkerScope } from '../../src/workerproto/index.js';
+import { codeOf, SIGNING_KEY as KEY, SANDBOX_ID as SB, SANDBOX_REF as ref } from '../fixtures/workerproto.js';
 
-const KEY = 'k'.repeat(32);
-const SB = 'sb-0123abcd';
-const ref = { sandbox_id: SB, provider: 'mock', runtime_id: 'rt-1' };
 
 function setup() {
   const clock = new ManualClock();
@@ -21,16 +18,6 @@ function setup() {
     body: { id: 'r1', method: 'worker.destroy', worker_id: 'w1', lease: lease(generation), params: ref },
   });
   return { clock, fence, gate, token, destroy };
-}
-
-function codeOf(fn: () => unknown): ErrorCode | undefined {
-  try {
-    fn();
-  } catch (err) {
-    if (err instanceof StacyError) return err.code;
-    throw err;
-  }
-  return undefined;
 }
 
 describe('WorkerRpcGate', () => {

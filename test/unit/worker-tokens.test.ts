@@ -1,7 +1,7 @@
 import { createHmac } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
 import { ManualClock } from '../../src/core/clock.js';
-import { StacyError, type ErrorCode } from '../../src/core/errors.js';
+import { StacyError } from '../../src/core/errors.js';
 import {
   CLOCK_SKEW_SECONDS,
   MAX_TOKEN_LIFETIME_SECONDS,
@@ -16,8 +16,8 @@ import {
   type WorkerAuthSettings,
 } from '../../src/workerproto/index.js';
 import { loadConfig } from '../../src/config/load.js';
+import { codeOf, SIGNING_KEY as KEY } from '../fixtures/workerproto.js';
 
-const KEY = 'k'.repeat(32);
 const OLD_KEY = 'o'.repeat(32);
 const clock = new ManualClock();
 const nowS = Math.floor(clock.now() / 1000);
@@ -28,16 +28,6 @@ function claims(over: Partial<SignedTokenClaims> = {}): SignedTokenClaims {
 
 function opts(over: Partial<VerifyOptions> = {}): VerifyOptions {
   return { keys: [KEY], audience: 'worker:rpc', expectedWorkerId: 'w1', now: clock.now(), revokedJtis: [], ...over };
-}
-
-function codeOf(fn: () => unknown): ErrorCode | undefined {
-  try {
-    fn();
-  } catch (err) {
-    if (err instanceof StacyError) return err.code;
-    throw err;
-  }
-  return undefined;
 }
 
 /** Re-encodes the claims segment without re-signing. */

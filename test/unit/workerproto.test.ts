@@ -23,10 +23,9 @@ import {
   type WireLease,
   type WorkerMethod,
 } from '../../src/workerproto/index.js';
+import { codeOf, SANDBOX_ID as SB, SANDBOX_REF as ref } from '../fixtures/workerproto.js';
 
 const clock = new ManualClock();
-const SB = 'sb-0123abcd';
-const ref = { sandbox_id: SB, provider: 'mock', runtime_id: 'rt-1' };
 
 function lease(over: Partial<WireLease> = {}): WireLease {
   return { resource_id: SB, holder_id: 'w1', generation: 3, expires_at: toIso(clock.now() + 60_000), ...over };
@@ -57,16 +56,6 @@ const VALID: { [M in WorkerMethod]: ParamsOf<M> } = {
 function envelope(method: string, params: unknown, extra: Record<string, unknown> = {}): Record<string, unknown> {
   const withLease = (METHODS as Record<string, { lease: boolean }>)[method]?.lease ? { lease: lease() } : {};
   return { id: 'r1', method, worker_id: 'w1', params, ...withLease, ...extra };
-}
-
-function codeOf(fn: () => unknown): ErrorCode | undefined {
-  try {
-    fn();
-  } catch (err) {
-    if (err instanceof StacyError) return err.code;
-    throw err;
-  }
-  return undefined;
 }
 
 function messageOf(fn: () => unknown): string {

@@ -21,7 +21,7 @@ function errnoOf(err: unknown): string | undefined {
 }
 
 /** Maps a host filesystem error to the catalog; StacyErrors pass through. */
-export function mapFsError(err: unknown, sandboxPath: string): StacyError {
+function mapFsError(err: unknown, sandboxPath: string): StacyError {
   if (err instanceof StacyError) return err;
   switch (errnoOf(err)) {
     case 'ENOENT':

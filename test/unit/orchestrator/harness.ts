@@ -7,6 +7,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ManualClock } from '../../../src/core/clock.js';
+import { StacyError } from '../../../src/core/errors.js';
 import type { Config } from '../../../src/config/types.js';
 import { defaultConfig } from '../../../src/config/load.js';
 import { createOrchestrator } from '../../../src/orchestrator/index.js';
@@ -38,7 +39,18 @@ function merge(target: unknown, patch: unknown): unknown {
   return out;
 }
 
-/** True when someone holds an unexpired lease on the resource (a released lease may stay as an expired row). */
+/** The StacyError `p` rejects with; fails when it resolves or rejects with anything else. */
+export async function rejection(p: Promise<unknown>): Promise<StacyError> {
+  try {
+    await p;
+  } catch (err) {
+    if (err instanceof StacyError) return err;
+    throw err;
+  }
+  throw new Error('expected a rejection');
+}
+
+/** The holder of an unexpired lease on the resource, or null (a released lease may stay as an expired row). */
 export async function leaseHolder(store: Store, resourceId: string): Promise<string | null> {
   const lease = await store.getLease(resourceId);
   return lease !== undefined && lease.expiresAt > (await store.now()) ? lease.holderId : null;

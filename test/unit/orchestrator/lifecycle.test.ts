@@ -1,9 +1,9 @@
 import { text } from 'node:stream/consumers';
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import { StacyError } from '../../../src/core/errors.js';
+import type { StacyError } from '../../../src/core/errors.js';
 import type { SpawnRequest } from '../../../src/orchestrator/service.js';
 import type { ExecEvent } from '../../../src/providers/provider.js';
-import { admin, anon, harness, leaseHolder, user } from './harness.js';
+import { admin, anon, harness, leaseHolder, rejection, user } from './harness.js';
 import type { Harness } from './harness.js';
 
 const exec = (command: string, args: string[] = [], extra: { timeoutMs?: number; mode?: 'shell' | 'argv' } = {}) => ({
@@ -13,16 +13,6 @@ const exec = (command: string, args: string[] = [], extra: { timeoutMs?: number;
   env: {},
   ...(extra.timeoutMs !== undefined ? { timeoutMs: extra.timeoutMs } : {}),
 });
-
-async function rejection(p: Promise<unknown>): Promise<StacyError> {
-  try {
-    await p;
-  } catch (err) {
-    if (err instanceof StacyError) return err;
-    throw err;
-  }
-  throw new Error('expected a rejection');
-}
 
 let h: Harness;
 afterEach(async () => {

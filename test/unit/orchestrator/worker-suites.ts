@@ -5,7 +5,7 @@ import type { SandboxRecord } from '../../../src/core/types.js';
 import type { HeartbeatInput } from '../../../src/orchestrator/service.js';
 import type { Store } from '../../../src/store/store.js';
 import { LOCAL_WORKER_CAPABILITIES, LocalWorker } from '../../../src/worker/local-worker.js';
-import { anon, harness as baseHarness, leaseHolder } from './harness.js';
+import { anon, harness as baseHarness, leaseHolder, rejection } from './harness.js';
 import type { Harness, HarnessOptions, StoreFactory } from './harness.js';
 
 interface PromFamily {
@@ -14,16 +14,6 @@ interface PromFamily {
   metrics: Array<{ value?: string; labels?: Record<string, string> }>;
 }
 const parsePrometheus = createRequire(import.meta.url)('parse-prometheus-text-format') as (text: string) => PromFamily[];
-
-async function rejection(p: Promise<unknown>): Promise<StacyError> {
-  try {
-    await p;
-  } catch (err) {
-    if (err instanceof StacyError) return err;
-    throw err;
-  }
-  throw new Error('expected a rejection');
-}
 
 const beat = (over: Partial<HeartbeatInput> = {}): HeartbeatInput => ({
   hostname: 'remote.example',

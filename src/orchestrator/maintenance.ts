@@ -1,0 +1,402 @@
+/**
+ * Keeping the store and the providers in agreement: start-up reconciliation (settle records,
+ * adopt or remove unknown runtimes) and the background pass (reap expired sandboxes, forget old
+ * records and leases, notice dead runtimes, keep leases, note stale workers, recover sandboxes
+ * whose provider came back).
+ */
+import { formatDuration } from '../core/duration.js';
+import { isStacyError, StacyError } from '../core/errors.js';
+import { newSandboxId, SANDBOX_ID_PATTERN } from '../core/ids.js';
+import { type SandboxRecord, type SandboxState, ACTIVE_SANDBOX_STATES, TERMINAL_SANDBOX_STATES } from '../core/types.js';
+import type { Provider } from '../providers/provider.js';
+import { isStale } from './scheduler.js';
+import { HEALTH_TIMEOUT_MS, OPERABLE_STATES, type OrchestratorContext } from './context.js';
+import type { SandboxLifecycle } from './lifecycle.js';
+
+/** Runtime status probes per background pass: a fleet of any size costs a bounded amount per pass. */
+const RUNTIME_CHECKS_PER_PASS = 32;
+
+/** The state reason of a sandbox whose runtime the background pass found stopped. */
+const RUNTIME_STOPPED = 'runtime stopped';
+
+/** Start-up reconciliation and the periodic background pass. */
+export class Maintenance {
+  private reapTimer: NodeJS.Timeout | undefined;
+  private tickRunning: Promise<void> | undefined;
+  /** The last sandbox id the runtime check probed; the next pass continues after it. */
+  private runtimeCursor = '';
+  /** Sandboxes put in `error` because their provider was down at start-up; retried by the background pass. */
+  private readonly awaitingProvider = new Set<string>();
+  private stopped = false;
+
+  constructor(private readonly ctx: OrchestratorContext, private readonly lifecycle: SandboxLifecycle) {}
+
+  // ---------------------------------------------------------------- background pass
+
+  async start(): Promise<void> {
+    if (this.reapTimer !== undefined) return;
+    this.stopped = false;
+    await this.ctx.op('reconcile', () => this.reconcile());
+    const interval = this.ctx.config.reconcile.reapIntervalMs;
+    if (interval > 0) {
+      this.reapTimer = setInterval(() => {
+        void this.tick();
+      }, interval);
+      this.reapTimer.unref();
+    }
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    if (this.reapTimer !== undefined) clearInterval(this.reapTimer);
+    this.reapTimer = undefined;
+    await this.tickRunning;
+  }
+
+  /**
+   * One background pass: reap expired sandboxes, forget old records and their leases, notice
+   * runtimes that died, keep leases, note stale workers.
+   */
+  tick(): Promise<void> {
+    if (this.tickRunning !== undefined) return this.tickRunning;
+    const run = (async () => {
+      for (const [name, step] of [
+        ['reap', () => this.prune()],
+        ['forget', () => this.forgetOld()],
+        ['prune_leases', () => this.pruneLeases()],
+        ['check_runtimes', () => this.checkRuntimes()],
+        ['keep_leases', () => this.keepLeases()],
+        ['watch_workers', () => this.watchWorkers()],
+        ['recover', () => this.recoverProviderErrors()],
+      ] as const) {
+        if (this.stopped) return;
+        try {
+          await step();
+        } catch (err) {
+          this.ctx.log.warn({ err, step: name }, 'background pass step failed');
+        }
+      }
+    })();
+    this.tickRunning = run.finally(() => {
+      this.tickRunning = undefined;
+    });
+    return this.tickRunning;
+  }
+
+  prune(): Promise<number> {
+    return this.ctx.op('prune', async () => {
+      const now = this.ctx.clock.now();
+      const expired = await this.ctx.store.listSandboxes({ states: ACTIVE_SANDBOX_STATES, expiresBefore: now });
+      let n = 0;
+      for (const record of expired) {
+        if (record.workerId !== null && record.workerId !== this.ctx.workerId) continue;
+        try {
+          if ((await this.lifecycle.teardown(record, 'expired', 'ttl expired')).state === 'expired') n += 1;
+        } catch (err) {
+          this.ctx.log.warn({ err, sandboxId: record.id }, 'could not expire sandbox');
+        }
+      }
+      return n;
+    });
+  }
+
+  /** Forgets terminal records older than the retention window. */
+  private async forgetOld(): Promise<number> {
+    const cutoff = this.ctx.clock.now() - this.ctx.config.server.recordRetentionMs;
+    const old = await this.ctx.store.listSandboxes({ states: TERMINAL_SANDBOX_STATES });
+    const ids = old.filter((r) => r.updatedAt <= cutoff).map((r) => r.id);
+    return ids.length === 0 ? 0 : this.ctx.store.deleteSandboxes(ids);
+  }
+
+  /**
+   * Deletes leases that expired longer than the record retention ago and whose sandbox record
+   * is forgotten; otherwise every released lease would stay as an expired row forever.
+   */
+  private async pruneLeases(): Promise<number> {
+    const cutoff = (await this.ctx.store.now()) - this.ctx.config.server.recordRetentionMs;
+    return this.ctx.store.pruneLeases(cutoff);
+  }
+
+  /**
+   * Asks the provider about the runtimes of this worker's live sandboxes, at most
+   * RUNTIME_CHECKS_PER_PASS per pass, continuing round-robin from where the last pass stopped.
+   * A runtime that stopped makes its sandbox `unhealthy`; one that is gone makes it `destroyed`
+   * and releases its lease. A provider that is itself unhealthy is not asked: its answers would
+   * say nothing about the runtimes.
+   */
+  private async checkRuntimes(): Promise<void> {
+    const mine = (await this.ctx.store.listSandboxes({ states: OPERABLE_STATES, workerId: this.ctx.workerId }))
+      .filter((r) => r.runtimeId !== null)
+      .sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+    if (mine.length === 0) return;
+    const start = mine.findIndex((r) => r.id > this.runtimeCursor);
+    const ordered = start <= 0 ? mine : [...mine.slice(start), ...mine.slice(0, start)];
+    const batch = ordered.slice(0, RUNTIME_CHECKS_PER_PASS);
+    this.runtimeCursor = batch[batch.length - 1]?.id ?? '';
+    const usable = new Map<string, boolean>();
+    for (const record of batch) {
+      if (this.stopped) return;
+      const provider = this.ctx.providers.get(record.provider);
+      if (provider === undefined) continue;
+      if (!usable.has(provider.name)) usable.set(provider.name, (await this.ctx.healthOf(provider)).health.healthy);
+      if (usable.get(provider.name) !== true) continue;
+      try {
+        await this.ctx.sandboxLock.run(record.id, () => this.checkRuntime(record.id, provider));
+      } catch (err) {
+        this.ctx.log.warn({ err, sandboxId: record.id }, 'runtime check failed');
+      }
+    }
+  }
+
+  private async checkRuntime(id: string, provider: Provider): Promise<void> {
+    // Re-read under the lock: a destroy or extend may have finished meanwhile.
+    const record = await this.ctx.store.getSandbox(id);
+    if (record === undefined || !OPERABLE_STATES.includes(record.state) || record.runtimeId === null || record.workerId !== this.ctx.workerId) return;
+    const runtimeId = record.runtimeId;
+    const status = await withTimeout(provider.status(runtimeId), HEALTH_TIMEOUT_MS, `status of runtime ${runtimeId}`);
+    const recovered = status === 'running' && record.state === 'unhealthy' && record.stateReason === RUNTIME_STOPPED;
+    if (status === 'running' && !recovered) return;
+    if (status === 'stopped' && record.state === 'unhealthy') return;
+    // Every change to the record happens under its lease; another holder's sandbox is left alone.
+    try {
+      await this.ctx.acquireLease(id);
+    } catch (err) {
+      if (isStacyError(err, 'lease_conflict')) return;
+      throw err;
+    }
+    const now = this.ctx.clock.now();
+    if (status === 'missing') {
+      const reason = `runtime ${runtimeId} is missing`;
+      await this.ctx.store.updateSandbox(id, { state: 'destroyed', stateReason: reason, updatedAt: now });
+      await this.ctx.releaseLease(id);
+      this.ctx.log.warn({ sandboxId: id, runtimeId }, 'runtime disappeared; sandbox marked destroyed');
+      this.ctx.emit('sandbox.destroyed', { sandboxId: id, workerId: this.ctx.workerId, data: { provider: record.provider, ownerId: record.ownerId, reason } });
+    } else if (status === 'stopped') {
+      await this.ctx.store.updateSandbox(id, { state: 'unhealthy', stateReason: RUNTIME_STOPPED, updatedAt: now });
+      this.ctx.log.warn({ sandboxId: id, runtimeId }, 'runtime stopped; sandbox marked unhealthy');
+      this.ctx.emit('sandbox.error', { sandboxId: id, workerId: this.ctx.workerId, data: { phase: 'health', reason: RUNTIME_STOPPED, runtimeId } });
+    } else {
+      await this.ctx.store.updateSandbox(id, { state: 'running', stateReason: null, updatedAt: now });
+      this.ctx.log.info({ sandboxId: id, runtimeId }, 'runtime running again; sandbox marked running');
+    }
+  }
+
+  /** Renews this worker's leases on its live sandboxes before they lapse. */
+  private async keepLeases(): Promise<void> {
+    const mine = await this.ctx.store.listSandboxes({ states: ACTIVE_SANDBOX_STATES, workerId: this.ctx.workerId });
+    if (mine.length === 0) return;
+    const leases = new Map((await this.ctx.store.listLeases({ holderId: this.ctx.workerId })).map((l) => [l.resourceId, l]));
+    const now = await this.ctx.store.now();
+    for (const record of mine) {
+      const lease = leases.get(record.id);
+      if (lease !== undefined && lease.expiresAt - now > this.ctx.leaseTtl() / 2) continue;
+      try {
+        await this.ctx.acquireLease(record.id);
+      } catch (err) {
+        this.ctx.log.warn({ err, sandboxId: record.id }, 'could not keep the sandbox lease');
+      }
+    }
+  }
+
+  /** Emits worker.stale once per worker when its heartbeat falls out of the freshness window. */
+  private async watchWorkers(): Promise<void> {
+    const now = this.ctx.clock.now();
+    const seen = new Set<string>();
+    for (const w of await this.ctx.store.listWorkers()) {
+      seen.add(w.id);
+      const stale = isStale(w, now, this.ctx.config.workers.staleAfterMs);
+      if (stale && !this.ctx.staleWorkers.has(w.id)) {
+        this.ctx.staleWorkers.add(w.id);
+        this.ctx.emit('worker.stale', { workerId: w.id, data: { lastHeartbeat: w.lastHeartbeat, status: w.status } });
+      } else if (!stale) {
+        this.ctx.staleWorkers.delete(w.id);
+      }
+    }
+    for (const id of this.ctx.staleWorkers) if (!seen.has(id)) this.ctx.staleWorkers.delete(id);
+  }
+
+  /** Re-settles sandboxes whose provider was unavailable at start-up once it answers again. */
+  private async recoverProviderErrors(): Promise<void> {
+    for (const id of [...this.awaitingProvider]) {
+      const record = await this.ctx.store.getSandbox(id);
+      if (record === undefined || record.state !== 'error' || (record.workerId !== null && record.workerId !== this.ctx.workerId)) {
+        this.awaitingProvider.delete(id);
+        continue;
+      }
+      const provider = this.ctx.providers.get(record.provider);
+      if (provider === undefined || !(await this.ctx.healthOf(provider)).health.healthy) continue;
+      this.awaitingProvider.delete(id);
+      await this.reconcileRecord(record, new Map([[record.provider, true]]));
+    }
+  }
+
+  // ---------------------------------------------------------------- reconciliation
+
+  /**
+   * Brings the store and the providers back into agreement after a restart or crash. Only
+   * records owned by this worker (or by nobody) are touched.
+   */
+  private async reconcile(): Promise<void> {
+    const all = await this.ctx.store.listSandboxes();
+    const mine = all.filter((r) => r.workerId === null || r.workerId === this.ctx.workerId);
+    const reachable = new Map<string, boolean>();
+    for (const [name, provider] of this.ctx.providers) reachable.set(name, (await this.ctx.checkHealth(provider)).health.healthy);
+
+    for (const record of mine) {
+      if (TERMINAL_SANDBOX_STATES.includes(record.state)) continue;
+      try {
+        await this.reconcileRecord(record, reachable);
+      } catch (err) {
+        this.ctx.log.warn({ err, sandboxId: record.id }, 'reconcile: could not settle sandbox');
+      }
+    }
+    await this.reconcileInventory(all, reachable);
+  }
+
+  private async reconcileRecord(record: SandboxRecord, reachable: Map<string, boolean>): Promise<void> {
+    // Reconcile changes a record only under its lease, like every other mutation.
+    try {
+      await this.ctx.acquireLease(record.id);
+    } catch (err) {
+      if (isStacyError(err, 'lease_conflict')) {
+        this.ctx.log.warn({ sandboxId: record.id }, 'reconcile: sandbox leased by another worker; left alone');
+        return;
+      }
+      throw err;
+    }
+    const provider = this.ctx.providers.get(record.provider);
+    if (provider === undefined || reachable.get(record.provider) !== true) {
+      const why = provider === undefined ? `provider ${record.provider} is not configured` : `provider ${record.provider} is unavailable`;
+      if (provider !== undefined) this.awaitingProvider.add(record.id);
+      if (record.state !== 'error' || record.stateReason !== why) {
+        await this.ctx.store.updateSandbox(record.id, { state: 'error', stateReason: why, updatedAt: this.ctx.clock.now() });
+        this.ctx.log.warn({ sandboxId: record.id, reason: why }, 'reconcile: sandbox marked error');
+        this.ctx.emit('sandbox.error', { sandboxId: record.id, workerId: this.ctx.workerId, data: { phase: 'reconcile', reason: why } });
+      }
+      return;
+    }
+    if (record.state === 'creating') {
+      // A crash mid-spawn: the caller never got this sandbox, so finish it off rather than guess.
+      if (record.runtimeId !== null) await provider.destroy(record.runtimeId);
+      await this.finish(record, 'interrupted while creating (server restarted)');
+      return;
+    }
+    const status = record.runtimeId === null ? 'missing' : await provider.status(record.runtimeId);
+    if (status === 'missing') {
+      await this.finish(record, 'runtime missing at start-up');
+      return;
+    }
+    // The runtime is alive: this worker now holds its lease and owns the record.
+    const state: SandboxState = status === 'stopped' ? 'stopped' : record.state === 'error' || record.state === 'stopped' ? 'running' : record.state;
+    if (state !== record.state || record.workerId === null) {
+      await this.ctx.store.updateSandbox(record.id, {
+        state,
+        workerId: this.ctx.workerId,
+        stateReason: state === 'stopped' ? 'runtime found stopped at start-up' : null,
+        updatedAt: this.ctx.clock.now(),
+      });
+    }
+  }
+
+  /** Marks a record destroyed and releases its lease. */
+  private async finish(record: SandboxRecord, reason: string): Promise<void> {
+    await this.ctx.store.updateSandbox(record.id, { state: 'destroyed', stateReason: reason, updatedAt: this.ctx.clock.now() });
+    await this.ctx.releaseLease(record.id);
+    this.ctx.log.info({ sandboxId: record.id, reason }, 'reconcile: sandbox marked destroyed');
+    this.ctx.emit('sandbox.destroyed', { sandboxId: record.id, workerId: this.ctx.workerId, data: { reason } });
+  }
+
+  private async reconcileInventory(records: SandboxRecord[], reachable: Map<string, boolean>): Promise<void> {
+    for (const [name, provider] of this.ctx.providers) {
+      if (provider.inventory === undefined || reachable.get(name) !== true) continue;
+      let runtimes;
+      try {
+        runtimes = await provider.inventory();
+      } catch (err) {
+        this.ctx.log.warn({ err, provider: name }, 'reconcile: inventory failed');
+        continue;
+      }
+      // Re-read so records settled above (e.g. creating → destroyed) are seen as they are now.
+      const current = await this.ctx.store.listSandboxes({ provider: name });
+      const byRuntime = new Map(current.filter((r) => r.runtimeId !== null).map((r) => [r.runtimeId as string, r]));
+      const byId = new Map(records.map((r) => [r.id, r]));
+      for (const r of current) byId.set(r.id, r);
+      for (const info of runtimes) {
+        if (info.workerId !== undefined && info.workerId !== this.ctx.workerId) continue;
+        const known = byRuntime.get(info.runtimeId) ?? (info.sandboxId !== undefined ? byId.get(info.sandboxId) : undefined);
+        try {
+          if (known !== undefined) {
+            const live = ACTIVE_SANDBOX_STATES.includes(known.state) && known.runtimeId === info.runtimeId;
+            if (!live && (known.workerId === null || known.workerId === this.ctx.workerId)) {
+              // The record says this runtime should not exist (destroyed, or a crash before the
+              // runtime id was recorded): remove the runtime.
+              await provider.destroy(info.runtimeId);
+              this.ctx.log.info({ provider: name, runtimeId: info.runtimeId, sandboxId: known.id }, 'reconcile: removed runtime of a finished sandbox');
+            }
+            continue;
+          }
+          if (this.ctx.config.reconcile.unknownRuntimes === 'adopt') await this.adopt(provider, info);
+          else {
+            await provider.destroy(info.runtimeId);
+            this.ctx.log.info({ provider: name, runtimeId: info.runtimeId }, 'reconcile: destroyed unknown runtime');
+          }
+        } catch (err) {
+          this.ctx.log.warn({ err, provider: name, runtimeId: info.runtimeId }, 'reconcile: could not settle runtime');
+        }
+      }
+    }
+  }
+
+  /** Adopts a runtime the store does not know: lease first, then a record stamped with this worker. */
+  private async adopt(provider: Provider, info: { runtimeId: string; status: string; sandboxId?: string; ownerId?: string; createdAt?: number }): Promise<void> {
+    let id = info.sandboxId !== undefined && SANDBOX_ID_PATTERN.test(info.sandboxId) ? info.sandboxId : newSandboxId();
+    while ((await this.ctx.store.getSandbox(id)) !== undefined) id = newSandboxId();
+    await this.ctx.acquireLease(id);
+    const now = this.ctx.clock.now();
+    const d = this.ctx.config.defaults;
+    const record: SandboxRecord = {
+      id,
+      state: info.status === 'stopped' ? 'stopped' : 'running',
+      provider: provider.name,
+      // The runtime's labels carry no image or size: say so rather than invent them.
+      image: 'unknown',
+      memoryMb: d.memoryMb,
+      vcpus: d.vcpus,
+      ownerId: info.ownerId !== undefined && info.ownerId.length > 0 ? info.ownerId : null,
+      workerId: this.ctx.workerId,
+      runtimeId: info.runtimeId,
+      template: null,
+      metadata: { adopted: 'true' },
+      createdAt: info.createdAt ?? now,
+      updatedAt: now,
+      // Adopted sandboxes get a fresh default TTL so forgotten ones are still reaped.
+      expiresAt: now + d.ttlMs,
+      stateReason: 'adopted at start-up',
+    };
+    try {
+      await this.ctx.store.createSandbox(record);
+    } catch (err) {
+      await this.ctx.releaseLease(id);
+      throw err;
+    }
+    this.ctx.log.info({ sandboxId: id, runtimeId: info.runtimeId, provider: provider.name }, 'reconcile: adopted unknown runtime');
+    this.ctx.emit('sandbox.adopted', { sandboxId: id, workerId: this.ctx.workerId, data: { provider: provider.name, runtimeId: info.runtimeId } });
+  }
+}
+
+
+/** Rejects when `promise` has not settled within `ms`. */
+async function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([
+      promise,
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new StacyError('timeout', `${what} did not answer within ${formatDuration(ms)}`)), ms);
+        timer.unref();
+      }),
+    ]);
+  } finally {
+    if (timer !== undefined) clearTimeout(timer);
+  }
+}
