@@ -31,7 +31,7 @@ field() { node -e 'let v=JSON.parse(process.argv[1]);for(const k of process.argv
 # api METHOD PATH [BODY]: prints the body; fails on a non-2xx status.
 api() {
   local out status
-  out=$(curl -sS --max-time 30 -X "$1" -H 'content-type: application/json' ${3:+--data "$3"} -w '\n%{http_code}' "$CP/api/v1$2") || fail "$1 $2: curl failed"
+  out=$(curl -sS --max-time 30 -X "$1" ${3:+-H 'content-type: application/json' --data "$3"} -w '\n%{http_code}' "$CP/api/v1$2") || fail "$1 $2: curl failed"
   status=${out##*$'\n'}
   out=${out%$'\n'*}
   [ "${status:0:1}" = 2 ] || fail "$1 $2 → $status $out"
@@ -84,8 +84,8 @@ step "sandbox $id runs on w1"
 
 step "exec"
 res=$(api POST "/sandboxes/$id/exec" '{"command":"echo hello-from-w1; echo oops >&2; exit 3"}')
-[ "$(field "$res" stdout)" = $'hello-from-w1\n' ] || fail "exec stdout: $res"
-[ "$(field "$res" stderr)" = $'oops\n' ] || fail "exec stderr: $res"
+[ "$(field "$res" stdout)" = hello-from-w1 ] || fail "exec stdout: $res"
+[ "$(field "$res" stderr)" = oops ] || fail "exec stderr: $res"
 [ "$(field "$res" exit_code)" = 3 ] || fail "exec exit code: $res"
 stream=$(api POST "/sandboxes/$id/exec" '{"command":"echo one; echo two","stream":true}')
 grep -q '"stream":"exit"' <<<"$stream" || fail "exec stream has no exit chunk: $stream"

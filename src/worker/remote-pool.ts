@@ -73,10 +73,17 @@ export class RemoteWorkerPool {
       for (const key of [...this.providers.keys()]) if (key.startsWith(`${worker.id}\u0000`)) this.providers.delete(key);
       await existing.close().catch(() => undefined);
     }
+    let credential: WorkerCredential;
+    try {
+      credential = this.options.credentialFor(worker.id);
+    } catch (err) {
+      // Missing configuration on this side still means the worker cannot be reached from here.
+      throw new StacyError('remote_worker_rpc_unavailable', err instanceof Error ? err.message : String(err), { cause: err });
+    }
     const client = new RemoteWorkerClient({
       workerId: worker.id,
       url,
-      credential: this.options.credentialFor(worker.id),
+      credential,
       ...(this.options.tls !== undefined ? { tls: this.options.tls } : {}),
       ...(this.options.clock !== undefined ? { clock: this.options.clock } : {}),
       ...this.options.timeouts,
