@@ -21,6 +21,8 @@ export interface OrchestratorLogger {
  */
 export interface RemoteWorkers {
   provider(worker: WorkerRecord, provider: string): Promise<Provider>;
+  /** Sends `worker.shutdown`: the worker refuses new spawns and reports `draining`. */
+  drain(worker: WorkerRecord): Promise<void>;
 }
 
 export interface OrchestratorOptions {

@@ -52,6 +52,11 @@ export class RemoteWorkerPool {
     return pending;
   }
 
+  /** Sends `worker.shutdown` to the worker (it drains; `remote_worker_rpc_unavailable` when unreachable). */
+  async drain(worker: WorkerRecord): Promise<void> {
+    await (await this.client(worker)).shutdown();
+  }
+
   /** Closes every connection. */
   async close(): Promise<void> {
     const clients = [...this.clients.values()];

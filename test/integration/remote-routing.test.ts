@@ -124,6 +124,27 @@ describe.skipIf(!hostSupports('remote routing', built))('routing to remote worke
       expect((await call('DELETE', `${api}/sandboxes/${made.id}`)).body).toEqual({ status: 'destroyed' });
       await call('DELETE', `${api}/sandboxes/${filler.id}`);
     });
+
+    it('a drained worker keeps serving its sandboxes and gets no new ones', async () => {
+      const api = cluster.server.api;
+      const filler = (await call('POST', `${api}/sandboxes`, { provider: 'mock' })).body as Sandbox;
+      const first = (await call('POST', `${api}/sandboxes`, { provider: 'mock' })).body as Sandbox;
+      const second = (await call('POST', `${api}/sandboxes`, { provider: 'mock' })).body as Sandbox;
+      expect(new Set([first.worker_id, second.worker_id])).toEqual(new Set(['sw1', 'sw2']));
+      const drained = await call('POST', `${api}/admin/workers/sw2/drain`);
+      expect(drained.status, drained.text).toBe(200);
+      expect(drained.body).toMatchObject({ id: 'sw2', status: 'draining' });
+      const onSw2 = first.worker_id === 'sw2' ? first : second;
+      const exec = await call('POST', `${api}/sandboxes/${onSw2.id}/exec`, { command: 'echo still' });
+      expect(exec.body).toMatchObject({ exit_code: 0, stdout: 'still\n' });
+      const placed: Sandbox[] = [];
+      for (let i = 0; i < 3; i += 1) placed.push((await call('POST', `${api}/sandboxes`, { provider: 'mock' })).body as Sandbox);
+      expect(placed.map((s) => s.worker_id)).toEqual(['sw1', 'sw1', 'sw1']);
+      // Its own heartbeats keep reporting draining.
+      await new Promise((r) => setTimeout(r, 1_200));
+      expect((await call('GET', `${api}/workers/sw2`)).body).toMatchObject({ status: 'draining' });
+      for (const s of [filler, first, second, ...placed]) expect((await call('DELETE', `${api}/sandboxes/${s.id}`)).status).toBe(200);
+    });
   });
 
   describe('a worker killed with -9', () => {
