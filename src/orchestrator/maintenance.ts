@@ -18,6 +18,8 @@ const RUNTIME_CHECKS_PER_PASS = 32;
 
 /** The state reason of a sandbox whose runtime the background pass found stopped. */
 const RUNTIME_STOPPED = 'runtime stopped';
+/** Fresh remote workers' inventories are swept for orphan runtimes every this many passes. */
+const SWEEP_EVERY_PASSES = 6;
 /** stateReason of sandboxes made unhealthy because their worker stopped heartbeating. */
 const WORKER_STALE = 'worker heartbeat stale';
 
@@ -31,6 +33,8 @@ export class Maintenance {
   private readonly awaitingProvider = new Set<string>();
   /** Remote workers whose sandboxes were made unhealthy; reconciled once they heartbeat again. */
   private readonly awayWorkers = new Set<string>();
+  /** Background passes since the last inventory sweep of fresh remote workers. */
+  private passesSinceSweep = 0;
   private stopped = false;
 
   constructor(private readonly ctx: OrchestratorContext, private readonly lifecycle: SandboxLifecycle) {}
@@ -220,6 +224,9 @@ export class Maintenance {
    */
   private async watchWorkers(): Promise<void> {
     const now = this.ctx.clock.now();
+    this.passesSinceSweep += 1;
+    const sweep = this.passesSinceSweep >= SWEEP_EVERY_PASSES;
+    if (sweep) this.passesSinceSweep = 0;
     const seen = new Set<string>();
     for (const w of await this.ctx.store.listWorkers()) {
       seen.add(w.id);
@@ -234,7 +241,7 @@ export class Maintenance {
       try {
         if (stale) await this.markAway(w.id, now);
         else {
-          await this.recoverWorker(w);
+          await this.recoverWorker(w, sweep);
           await this.keepRemoteLeases(w.id);
         }
       } catch (err) {
@@ -260,14 +267,16 @@ export class Maintenance {
    * `running`, ones whose runtime it no longer has are `destroyed`, and runtimes of sandboxes
    * that finished (or were never recorded) while it was away are removed from it.
    */
-  private async recoverWorker(worker: WorkerRecord): Promise<void> {
+  private async recoverWorker(worker: WorkerRecord, sweep: boolean): Promise<void> {
     const remote = this.ctx.remote;
     if (remote === undefined) return;
     const waiting = new Map(
       (await this.ctx.store.listSandboxes({ states: ['unhealthy'], workerId: worker.id })).filter((r) => r.stateReason === WORKER_STALE).map((r) => [r.id, r]),
     );
     // Also after a restart of this server, which forgets which workers were away.
-    if (waiting.size === 0 && !this.awayWorkers.has(worker.id)) return;
+    // A periodic sweep also catches runtimes left by a spawn whose reply was lost (the record
+    // was removed, the worker made the runtime anyway).
+    if (waiting.size === 0 && !this.awayWorkers.has(worker.id) && !sweep) return;
     for (const name of worker.providers) {
       const provider = await remote.provider(worker, name);
       for (const info of (await provider.inventory?.()) ?? []) {
@@ -275,7 +284,7 @@ export class Maintenance {
         const record = await this.ctx.store.getSandbox(info.sandboxId);
         if (record === undefined || TERMINAL_SANDBOX_STATES.includes(record.state) || record.workerId !== worker.id) {
           await provider.destroy(info.runtimeId);
-          this.ctx.log.info({ workerId: worker.id, runtimeId: info.runtimeId }, 'removed the runtime of a sandbox that finished while its worker was away');
+          this.ctx.log.info({ workerId: worker.id, runtimeId: info.runtimeId }, 'removed a worker runtime whose sandbox is finished or unknown');
           continue;
         }
         if (waiting.has(record.id) && info.status === 'running') {

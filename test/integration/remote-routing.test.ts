@@ -8,6 +8,7 @@
 import { existsSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { toIso } from '../../src/core/clock.js';
+import { newSandboxId } from '../../src/core/ids.js';
 import { RemoteWorkerClient } from '../../src/worker/rpc-client.js';
 import { hostSupports } from '../host.js';
 import { WORKER_TOKEN, startRemoteCluster, type RemoteCluster } from './remote-harness.js';
@@ -144,6 +145,20 @@ describe.skipIf(!hostSupports('remote routing', built))('routing to remote worke
       await new Promise((r) => setTimeout(r, 1_200));
       expect((await call('GET', `${api}/workers/sw2`)).body).toMatchObject({ status: 'draining' });
       for (const s of [filler, first, second, ...placed]) expect((await call('DELETE', `${api}/sandboxes/${s.id}`)).status).toBe(200);
+    });
+
+    it('a runtime on a worker whose sandbox the control plane does not know (a lost spawn reply) is removed', async () => {
+      const client = clientFor(cluster, 'sw1');
+      try {
+        const sandboxId = newSandboxId();
+        const lease = { resource_id: sandboxId, holder_id: 'sw1', generation: 1, expires_at: toIso(Date.now() + 60_000) };
+        await client.spawn({ sandbox_id: sandboxId, provider: 'mock', image: 'host', memory_mb: 64, vcpus: 1, owner_id: null, env: {}, labels: {} }, lease);
+        const listed = async () => (await client.call('worker.inventory', { provider: 'mock' })).runtimes.some((r) => r.sandbox_id === sandboxId);
+        expect(await listed()).toBe(true);
+        await until('the orphan runtime to be removed', async () => !(await listed()));
+      } finally {
+        await client.close();
+      }
     });
   });
 
