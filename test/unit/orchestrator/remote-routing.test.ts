@@ -75,8 +75,11 @@ describe('remote routing in the orchestrator', () => {
     expect(sb).toMatchObject({ workerId: 'w1', state: 'running' });
     expect(await leaseHolder(s.store, sb.id)).toBe('w1');
     expect(await runtimesOn(s.worker)).toEqual([sb.id]);
+    const events: Array<{ type: string; workerId?: string }> = [];
+    s.orch.subscribe((e) => events.push(e));
     const r = await s.orch.exec(sb.id, { command: 'echo hi', args: [], mode: 'shell', env: {} }, anon);
     expect(r.stdout).toBe('hi\n');
+    expect(events.find((e) => e.type === 'exec.completed')?.workerId).toBe('w1');
     await s.orch.destroy(sb.id, anon);
     expect(await runtimesOn(s.worker)).toEqual([]);
     expect(await leaseHolder(s.store, sb.id)).toBeNull();
