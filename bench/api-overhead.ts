@@ -5,6 +5,12 @@
  * overhead into its service and HTTP parts. The three paths are interleaved per iteration so
  * load from other processes on a shared machine hits them alike. Prints one JSON line.
  *
+ * Also reported, to explain the numbers: a no-op round trip over the same connection pool (the
+ * HTTP floor), and the minor page faults this process takes per exec. The mock provider starts
+ * each command with child_process.spawn, which forks this whole process; afterwards every page
+ * the process writes for the first time faults, so work done after a spawn costs more than the
+ * same work measured on its own, and a path that does more work after the spawn pays more.
+ *
  *   npm run bench:api            (BENCH_ITERATIONS=200 by default)
  */
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -32,7 +38,9 @@ class Samples {
   exec: number[] = [];
   destroy: number[] = [];
   cycle: number[] = [];
-  add(t: [number, number, number, number]): void {
+  execFaults: number[] = [];
+  add(t: Timed): void {
+    this.execFaults.push(t[4]);
     this.spawn.push(t[1] - t[0]);
     this.exec.push(t[2] - t[1]);
     this.destroy.push(t[3] - t[2]);
@@ -46,9 +54,15 @@ class Samples {
       exec_p50_ms: pct(this.exec, 50),
       exec_p99_ms: pct(this.exec, 99),
       destroy_p50_ms: pct(this.destroy, 50),
+      exec_minor_faults_p50: pct(this.execFaults, 50),
     };
   }
 }
+
+/** performance.now() at start, after spawn, after exec, after destroy; then minor page faults during exec. */
+type Timed = [number, number, number, number, number];
+
+const faults = (): number => process.resourceUsage().minorPageFault;
 
 const EXEC: ExecRequest = { command: 'echo', args: ['42'], mode: 'argv', env: {}, timeoutMs: 10_000 };
 const CALLER: Caller = { userId: null, isAdmin: true, requestId: 'bench' };
@@ -81,52 +95,69 @@ async function send(method: 'POST' | 'DELETE', path: string, body?: unknown): Pr
   return json;
 }
 
-async function directCycle(i: number): Promise<[number, number, number, number]> {
+async function directCycle(i: number): Promise<Timed> {
   const t0 = performance.now();
   const { runtimeId } = await provider.spawn({ sandboxId: `sb-${i.toString(16).padStart(8, '0')}`, image: 'python:3', memoryMb: 512, vcpus: 1, ownerId: null, workerId: 'local', env: {}, labels: {} });
+  const f1 = faults();
   const t1 = performance.now();
   let out = '';
   for await (const ev of provider.execStream(runtimeId, EXEC)) if (ev.type === 'stdout') out += ev.data.toString();
   if (out !== '42\n') throw new Error(`direct exec printed ${JSON.stringify(out)}`);
   const t2 = performance.now();
+  const f2 = faults();
   await provider.destroy(runtimeId);
-  return [t0, t1, t2, performance.now()];
+  return [t0, t1, t2, performance.now(), f2 - f1];
 }
 
-async function serviceCycle(): Promise<[number, number, number, number]> {
+async function serviceCycle(): Promise<Timed> {
   const t0 = performance.now();
   const sb = await server.service.spawn({}, CALLER);
+  const f1 = faults();
   const t1 = performance.now();
   const ex = await server.service.exec(sb.id, { command: 'echo', args: ['42'], mode: 'argv', env: {} }, CALLER);
   if (ex.stdout !== '42\n') throw new Error(`service exec printed ${JSON.stringify(ex.stdout)}`);
   const t2 = performance.now();
+  const f2 = faults();
   await server.service.destroy(sb.id, CALLER);
-  return [t0, t1, t2, performance.now()];
+  return [t0, t1, t2, performance.now(), f2 - f1];
 }
 
-async function httpCycle(): Promise<[number, number, number, number]> {
+async function httpCycle(): Promise<Timed> {
   const t0 = performance.now();
   const sb = await send('POST', '/sandboxes', {});
+  const f1 = faults();
   const t1 = performance.now();
   const ex = await send('POST', `/sandboxes/${sb.id as string}/exec`, { command: 'echo', args: ['42'], mode: 'argv' });
   if (ex.stdout !== '42\n') throw new Error(`http exec printed ${JSON.stringify(ex.stdout)}`);
   const t2 = performance.now();
+  const f2 = faults();
   await send('DELETE', `/sandboxes/${sb.id as string}`);
-  return [t0, t1, t2, performance.now()];
+  return [t0, t1, t2, performance.now(), f2 - f1];
+}
+
+async function noopRoundTrip(): Promise<number> {
+  const t0 = performance.now();
+  const res = await request(`${api}/live`, { dispatcher: agent });
+  await res.body.json();
+  if (res.statusCode !== 200) throw new Error(`GET /live: ${res.statusCode}`);
+  return performance.now() - t0;
 }
 
 try {
   const direct = new Samples();
   const service = new Samples();
   const http = new Samples();
+  const noop: number[] = [];
   for (let i = 0; i < WARMUP + ITERATIONS; i++) {
     const d = await directCycle(i);
     const s = await serviceCycle();
     const h = await httpCycle();
+    const n = await noopRoundTrip();
     if (i >= WARMUP) {
       direct.add(d);
       service.add(s);
       http.add(h);
+      noop.push(n);
     }
   }
   const ds = direct.summary();
@@ -145,6 +176,7 @@ try {
       overhead_per_exec_p99_ms: diff(hs.exec_p99_ms, ds.exec_p99_ms),
       overhead_per_cycle_p50_ms: diff(hs.cycle_p50_ms, ds.cycle_p50_ms),
       http_layer_per_exec_p50_ms: diff(hs.exec_p50_ms, ss.exec_p50_ms),
+      http_noop_round_trip_p50_ms: pct(noop, 50),
       goal_exec_overhead_p50_ms: 1,
     }),
   );

@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-[ -x node_modules/.bin/tsc ] || npm ci --no-audit --no-fund
+[ -x node_modules/.bin/tsc ] || npm install --no-audit --no-fund  # honours package-lock.json; see .ci/run
 npm run build --silent
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

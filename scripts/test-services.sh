@@ -42,11 +42,17 @@ stop_all() {
     su postgres -s /bin/sh -c "$(cat "$state/pg.bindir")/pg_ctl -D $state/pg/data -m immediate stop" >/dev/null 2>&1 || true
   fi
   if [ -f "$state/docker/dockerd.pid" ]; then
-    kill "$(cat "$state/docker/dockerd.pid")" 2>/dev/null || true
+    local pid
+    pid=$(cat "$state/docker/dockerd.pid")
+    kill "$pid" 2>/dev/null || true
+    # dockerd unmounts its layers on the way out; wait so the directory can be removed.
+    for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
   fi
 }
 
 mkdir -p "$state"
+# The postgres user must be able to reach its cluster directory below this one.
+chmod 755 "$state"
 case "${1:-start}" in
   start) start_postgres; start_dockerd ;;
   postgres) start_postgres ;;

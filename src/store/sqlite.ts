@@ -5,7 +5,7 @@
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import BetterSqlite3 from 'better-sqlite3';
-import { Kysely, SqliteDialect, sql } from 'kysely';
+import { Kysely, SqliteDialect, sql, type SqliteDatabase } from 'kysely';
 import { KyselyStore, type DbErrorKind, type DialectAdapter } from './kysely-store.js';
 import { pendingMigrations, schemaMigrationsDdl } from './migrations.js';
 import type { Database } from './schema.js';
@@ -27,8 +27,38 @@ export function openSqliteStore(options: SqliteStoreOptions): Store {
   // NORMAL is durable across process crashes in WAL mode; only an OS crash can lose the last commits.
   raw.pragma('synchronous = NORMAL');
   raw.pragma('foreign_keys = ON');
-  const db = new Kysely<Database>({ dialect: new SqliteDialect({ database: raw }) });
+  const db = new Kysely<Database>({ dialect: new SqliteDialect({ database: reusingStatements(raw) }) });
   return new KyselyStore(new SqliteAdapter(raw, db));
+}
+
+/** How many distinct SQL texts keep their prepared statement; the store issues a few dozen. */
+const STATEMENT_CACHE_SIZE = 256;
+
+/**
+ * The connection as Kysely sees it, with prepared statements reused by SQL text (least recently
+ * used evicted). Kysely prepares every query afresh, and preparing costs about as much as
+ * running the small statements this store issues. A statement still being iterated is busy and
+ * is never handed out twice: that caller gets a fresh one.
+ */
+function reusingStatements(raw: BetterSqlite3.Database): SqliteDatabase {
+  const cache = new Map<string, BetterSqlite3.Statement>();
+  return {
+    close: () => raw.close(),
+    prepare(text: string) {
+      const cached = cache.get(text);
+      if (cached !== undefined && !cached.busy) {
+        cache.delete(text);
+        cache.set(text, cached);
+        return cached;
+      }
+      const stmt = raw.prepare(text);
+      if (cached === undefined) {
+        cache.set(text, stmt);
+        if (cache.size > STATEMENT_CACHE_SIZE) cache.delete(cache.keys().next().value as string);
+      }
+      return stmt;
+    },
+  };
 }
 
 class SqliteAdapter implements DialectAdapter {
