@@ -155,6 +155,10 @@ export class OrchestratorContext {
     if (worker === undefined || this.remote === undefined) {
       throw new StacyError('remote_worker_rpc_unavailable', `sandbox ${record.id} runs on worker ${workerId}, which this server cannot reach over worker RPC`);
     }
+    // A stale worker may be hung: calling it would hold the client for the whole reply bound.
+    if (isStale(worker, this.clock.now(), this.config.workers.staleAfterMs)) {
+      throw new StacyError('remote_worker_rpc_unavailable', `sandbox ${record.id} runs on worker ${workerId}, whose heartbeat is stale`);
+    }
     return this.remote.provider(worker, record.provider);
   }
 

@@ -95,6 +95,8 @@ describe('remote routing in the orchestrator', () => {
     s.clock.advance(config.workers.staleAfterMs + 1_000);
     await tick(s.orch);
     for (const sb of [kept, destroyed, expiring]) expect((await s.orch.get(sb.id, anon)).state).toBe('unhealthy');
+    // Calls are refused at once rather than sent to a worker that may be hung.
+    await expect(s.orch.exec(kept.id, { command: 'true', args: [], mode: 'argv', env: {} }, anon)).rejects.toMatchObject({ code: 'remote_worker_rpc_unavailable' });
 
     await s.orch.destroy(destroyed.id, anon);
     expect((await s.orch.get(destroyed.id, anon)).state).toBe('destroyed');
