@@ -18,6 +18,27 @@ const RUNTIME_CHECKS_PER_PASS = 32;
 
 /** The state reason of a sandbox whose runtime the background pass found stopped. */
 const RUNTIME_STOPPED = 'runtime stopped';
+/**
+ * Waits for a remote call at most HEALTH_TIMEOUT_MS: a worker that hangs (stopped, cut off)
+ * must not hold up the background pass, which also detects that it went stale.
+ */
+async function bounded<T>(p: Promise<T>, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([
+      p,
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new StacyError('remote_worker_rpc_unavailable', `${what} took longer than ${HEALTH_TIMEOUT_MS}ms`)), HEALTH_TIMEOUT_MS);
+        timer.unref();
+      }),
+    ]);
+  } finally {
+    if (timer !== undefined) clearTimeout(timer);
+    // The call may still fail later; nobody waits for it any more.
+    p.catch(() => undefined);
+  }
+}
+
 /** Fresh remote workers' inventories are swept for orphan runtimes every this many passes. */
 const SWEEP_EVERY_PASSES = 6;
 /** stateReason of sandboxes made unhealthy because their worker stopped heartbeating. */
@@ -278,12 +299,12 @@ export class Maintenance {
     // was removed, the worker made the runtime anyway).
     if (waiting.size === 0 && !this.awayWorkers.has(worker.id) && !sweep) return;
     for (const name of worker.providers) {
-      const provider = await remote.provider(worker, name);
-      for (const info of (await provider.inventory?.()) ?? []) {
+      const provider = await bounded(remote.provider(worker, name), `connect to worker ${worker.id}`);
+      for (const info of (await bounded(provider.inventory?.() ?? Promise.resolve([]), `inventory of worker ${worker.id}`))) {
         if (info.sandboxId === undefined) continue;
         const record = await this.ctx.store.getSandbox(info.sandboxId);
         if (record === undefined || TERMINAL_SANDBOX_STATES.includes(record.state) || record.workerId !== worker.id) {
-          await provider.destroy(info.runtimeId);
+          await bounded(provider.destroy(info.runtimeId), `destroy on worker ${worker.id}`);
           this.ctx.log.info({ workerId: worker.id, runtimeId: info.runtimeId }, 'removed a worker runtime whose sandbox is finished or unknown');
           continue;
         }

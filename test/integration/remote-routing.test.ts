@@ -203,4 +203,44 @@ describe.skipIf(!hostSupports('remote routing', built))('routing to remote worke
       expect((await call('DELETE', `${api}/sandboxes/${sb.id}`)).body).toEqual({ status: 'destroyed' });
     });
   });
+
+  describe('a worker stopped with SIGSTOP past its lease', () => {
+    let cluster: RemoteCluster;
+    beforeAll(async () => {
+      cluster = await startRemoteCluster({ workers: ['pw1'], serverEnv: { ...SERVER_ENV, STACYVM_WORKER_LEASE_TTL: '2s' } });
+    });
+    afterAll(async () => {
+      const w = cluster?.workers[0];
+      if (w !== undefined && w.proc.exitCode === null) w.proc.kill('SIGCONT');
+      await cluster?.stop();
+    });
+
+    it('gets 503 at once while stale, and its sandbox runs again after SIGCONT', async () => {
+      const api = cluster.server.api;
+      const filler = (await call('POST', `${api}/sandboxes`, { provider: 'mock' })).body as Sandbox;
+      const sb = (await call('POST', `${api}/sandboxes`, { provider: 'mock', ttl: '10m' })).body as Sandbox;
+      expect(sb.worker_id).toBe('pw1');
+      const worker = cluster.workers[0];
+      if (worker === undefined) throw new Error('no worker');
+      worker.proc.kill('SIGSTOP');
+      try {
+        const state = async () => ((await call('GET', `${api}/sandboxes/${sb.id}`)).body as Sandbox).state;
+        await until('the sandbox to turn unhealthy', async () => (await state()) === 'unhealthy');
+        // Past the lease TTL too: the control plane does not renew leases of a stale worker.
+        await new Promise((r) => setTimeout(r, 2_500));
+        const exec = await call('POST', `${api}/sandboxes/${sb.id}/exec`, { command: 'echo x' });
+        expect(exec.status).toBe(503);
+        expect(exec.body).toMatchObject({ code: 'remote_worker_rpc_unavailable' });
+      } finally {
+        worker.proc.kill('SIGCONT');
+      }
+      const state = async () => ((await call('GET', `${api}/sandboxes/${sb.id}`)).body as Sandbox).state;
+      await until('the sandbox to run again', async () => (await state()) === 'running');
+      const again = await call('POST', `${api}/sandboxes/${sb.id}/exec`, { command: 'echo back' });
+      expect(again.body).toMatchObject({ exit_code: 0, stdout: 'back\n' });
+      // The fence moved on while it was stopped; destroy still reaches it with a newer generation.
+      expect((await call('DELETE', `${api}/sandboxes/${sb.id}`)).body).toEqual({ status: 'destroyed' });
+      await call('DELETE', `${api}/sandboxes/${filler.id}`);
+    });
+  });
 });
