@@ -27,6 +27,27 @@ export const HEALTH_TIMEOUT_MS = 5_000;
 /** States in which commands and file operations reach the runtime. */
 export const OPERABLE_STATES: readonly SandboxState[] = ['running', 'unhealthy'];
 
+/**
+ * Waits for a remote call at most HEALTH_TIMEOUT_MS: a worker that hangs (stopped, cut off)
+ * must hold up neither the background pass (which detects that it went stale) nor admission.
+ */
+export async function bounded<T>(p: Promise<T>, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([
+      p,
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new StacyError('remote_worker_rpc_unavailable', `${what} took longer than ${HEALTH_TIMEOUT_MS}ms`)), HEALTH_TIMEOUT_MS);
+        timer.unref();
+      }),
+    ]);
+  } finally {
+    if (timer !== undefined) clearTimeout(timer);
+    // The call may still fail later; nobody waits for it any more.
+    p.catch(() => undefined);
+  }
+}
+
 interface HealthEntry {
   health: ProviderHealth;
   lastChecked: number;

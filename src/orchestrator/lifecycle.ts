@@ -17,7 +17,7 @@ import type { Provider } from '../providers/provider.js';
 import { isStale, place, type Placement } from './scheduler.js';
 import type { AdmissionReport, Caller, SpawnRequest } from './service.js';
 import { type ResolvedSpawn, maxTtlFor, resolveOwner, resolveSpawn } from './validate.js';
-import type { OrchestratorContext } from './context.js';
+import { bounded, type OrchestratorContext } from './context.js';
 import { Mutex } from './locks.js';
 
 /** Creates, reads and tears down sandboxes. */
@@ -193,7 +193,10 @@ export class SandboxLifecycle {
       const unreachable = this.unreachableReason(worker);
       if (unreachable !== null) throw new StacyError('remote_worker_rpc_unavailable', unreachable);
       // A remote worker is reached before anything is written, so an unreachable one leaves no trace.
-      const provider = worker.id === this.ctx.workerId ? this.ctx.providers.get(spec.provider) : await this.ctx.remote?.provider(worker, spec.provider);
+      const provider =
+        worker.id === this.ctx.workerId || this.ctx.remote === undefined
+          ? this.ctx.providers.get(spec.provider)
+          : await bounded(this.ctx.remote.provider(worker, spec.provider), `connect to worker ${worker.id}`);
       let id = newSandboxId();
       while ((await this.ctx.store.getSandbox(id)) !== undefined) id = newSandboxId();
       // The lease comes first and is held by the worker that will run the sandbox: the worker

@@ -10,7 +10,7 @@ import { newSandboxId, SANDBOX_ID_PATTERN } from '../core/ids.js';
 import { type SandboxRecord, type SandboxState, type WorkerRecord, ACTIVE_SANDBOX_STATES, TERMINAL_SANDBOX_STATES } from '../core/types.js';
 import type { Provider } from '../providers/provider.js';
 import { isStale } from './scheduler.js';
-import { HEALTH_TIMEOUT_MS, OPERABLE_STATES, type OrchestratorContext } from './context.js';
+import { bounded, HEALTH_TIMEOUT_MS, OPERABLE_STATES, type OrchestratorContext } from './context.js';
 import type { SandboxLifecycle } from './lifecycle.js';
 
 /** Runtime status probes per background pass: a fleet of any size costs a bounded amount per pass. */
@@ -18,27 +18,6 @@ const RUNTIME_CHECKS_PER_PASS = 32;
 
 /** The state reason of a sandbox whose runtime the background pass found stopped. */
 const RUNTIME_STOPPED = 'runtime stopped';
-/**
- * Waits for a remote call at most HEALTH_TIMEOUT_MS: a worker that hangs (stopped, cut off)
- * must not hold up the background pass, which also detects that it went stale.
- */
-async function bounded<T>(p: Promise<T>, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  try {
-    return await Promise.race([
-      p,
-      new Promise<never>((_, reject) => {
-        timer = setTimeout(() => reject(new StacyError('remote_worker_rpc_unavailable', `${what} took longer than ${HEALTH_TIMEOUT_MS}ms`)), HEALTH_TIMEOUT_MS);
-        timer.unref();
-      }),
-    ]);
-  } finally {
-    if (timer !== undefined) clearTimeout(timer);
-    // The call may still fail later; nobody waits for it any more.
-    p.catch(() => undefined);
-  }
-}
-
 /** Fresh remote workers' inventories are swept for orphan runtimes every this many passes. */
 const SWEEP_EVERY_PASSES = 6;
 /** stateReason of sandboxes made unhealthy because their worker stopped heartbeating. */
