@@ -32,6 +32,7 @@ import {
 } from '../workerproto/index.js';
 import { TokenFileAuthenticator, type WorkerCredential } from '../worker/credentials.js';
 import { WorkerDaemon } from '../worker/daemon.js';
+import { rpcServerTls } from '../worker/outbound.js';
 import type { WorkerRpcTlsOptions } from '../worker/rpc-server.js';
 
 interface WorkerFlags {
@@ -111,10 +112,11 @@ function credentialsFor(id: string, flags: WorkerFlags, config: Config): { crede
   throw new StacyError('bad_request', 'no worker credential: pass --worker-token, --worker-token-file or --sign, or configure auth.worker_tokens/worker_token/worker_signing_keys');
 }
 
-function rpcTls(flags: WorkerFlags): WorkerRpcTlsOptions | undefined {
+/** The listener's TLS: the --rpc-tls-* flags when given, else `worker.rpc_server_tls.*`. */
+function rpcTls(flags: WorkerFlags, config: Config): WorkerRpcTlsOptions | undefined {
   if (flags.rpcTlsCert === undefined && flags.rpcTlsKey === undefined) {
     if (flags.rpcTlsClientCa !== undefined) throw new StacyError('bad_request', '--rpc-tls-client-ca needs --rpc-tls-cert and --rpc-tls-key');
-    return undefined;
+    return rpcServerTls(config);
   }
   if (flags.rpcTlsCert === undefined || flags.rpcTlsKey === undefined) throw new StacyError('bad_request', '--rpc-tls-cert and --rpc-tls-key go together');
   return {
@@ -138,7 +140,7 @@ export async function workerDaemonFromFlags(
   const providers = await workerProviders(config, requested, logger);
   if (providers.length === 0) throw new StacyError('bad_request', 'no providers to run: enable one in providers.* or pass --providers');
   const { credential, rpcAuth } = credentialsFor(id, flags, config);
-  const tls = rpcTls(flags);
+  const tls = rpcTls(flags, config);
   const maxSandboxes = count(flags.maxSandboxes, '--max-sandboxes') ?? config.defaults.maxSandboxes;
   const perOwner = count(flags.maxSandboxesPerOwner, '--max-sandboxes-per-owner') ?? config.defaults.maxSandboxesPerOwner;
   const previewDomain = flags.previewDomain ?? config.server.previewDomain;

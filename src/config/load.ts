@@ -299,6 +299,20 @@ function assemble(values: ReadonlyMap<string, KeyValue>): Config {
       id: str('worker.id'),
       heartbeatIntervalMs: num('worker.heartbeat_interval'),
       leaseTtlMs: num('worker.lease_ttl'),
+      maxSandboxes: num('worker.max_sandboxes'),
+      rpcCredential: str('worker.rpc_credential') as Config['worker']['rpcCredential'],
+      rpcTls: {
+        ca: str('worker.rpc_tls.ca'),
+        cert: str('worker.rpc_tls.cert'),
+        key: str('worker.rpc_tls.key'),
+        serverName: str('worker.rpc_tls.server_name'),
+      },
+      rpcServerTls: {
+        cert: str('worker.rpc_server_tls.cert'),
+        key: str('worker.rpc_server_tls.key'),
+        clientCa: str('worker.rpc_server_tls.client_ca'),
+        clientCertOptional: bool('worker.rpc_server_tls.client_cert_optional'),
+      },
     },
     workers: { staleAfterMs: num('workers.stale_after') },
     reconcile: {
@@ -421,6 +435,19 @@ function validate(c: Config, ctx: ValidationContext): void {
     // Otherwise a healthy worker would read as stale between two heartbeats.
     fail('workers.stale_after', 'must be longer than worker.heartbeat_interval', 'worker.heartbeat_interval');
   }
+  if (ok('worker.rpc_credential', 'auth.worker_signing_keys') && c.worker.rpcCredential === 'signed' && c.auth.workerSigningKeys.length === 0) {
+    fail('worker.rpc_credential', 'is "signed" but auth.worker_signing_keys is empty', 'auth.worker_signing_keys');
+  }
+  if (ok('worker.rpc_tls.cert', 'worker.rpc_tls.key') && (c.worker.rpcTls.cert === '') !== (c.worker.rpcTls.key === '')) {
+    fail(c.worker.rpcTls.cert === '' ? 'worker.rpc_tls.cert' : 'worker.rpc_tls.key', 'worker.rpc_tls.cert and worker.rpc_tls.key go together');
+  }
+  const st = c.worker.rpcServerTls;
+  if (ok('worker.rpc_server_tls.cert', 'worker.rpc_server_tls.key') && (st.cert === '') !== (st.key === '')) {
+    fail(st.cert === '' ? 'worker.rpc_server_tls.cert' : 'worker.rpc_server_tls.key', 'worker.rpc_server_tls.cert and worker.rpc_server_tls.key go together');
+  }
+  if (ok('worker.rpc_server_tls.client_ca', 'worker.rpc_server_tls.cert') && st.clientCa !== '' && st.cert === '') {
+    fail('worker.rpc_server_tls.client_ca', 'needs worker.rpc_server_tls.cert and worker.rpc_server_tls.key');
+  }
 }
 
 function isIpv4Cidr(s: string): boolean {
@@ -466,7 +493,18 @@ function deepFreeze<T>(value: T): T {
  * Filesystem keys resolve against the working directory once, at load: runc resolves relative
  * bundle paths against the bundle itself, and a later chdir must not move the database.
  */
-const PATH_KEYS = new Set(['data_dir', 'providers.mock.root', 'providers.oci.root', 'database.path']);
+const PATH_KEYS = new Set([
+  'data_dir',
+  'providers.mock.root',
+  'providers.oci.root',
+  'database.path',
+  'worker.rpc_tls.ca',
+  'worker.rpc_tls.cert',
+  'worker.rpc_tls.key',
+  'worker.rpc_server_tls.cert',
+  'worker.rpc_server_tls.key',
+  'worker.rpc_server_tls.client_ca',
+]);
 
 function absolutePath(key: string, value: KeyValue): KeyValue {
   if (!PATH_KEYS.has(key) || typeof value !== 'string' || value === '' || value === ':memory:') return value;

@@ -99,6 +99,16 @@ export const CONFIG_KEYS = [
   { path: 'worker.id', kind: 'string', default: 'local', doc: 'Id this process registers as in the worker registry.' },
   { path: 'worker.heartbeat_interval', kind: 'duration', default: 30_000, min: 1, doc: 'How often this process refreshes its worker heartbeat.' },
   { path: 'worker.lease_ttl', kind: 'duration', default: 2 * 60_000, min: 1, doc: 'Lifetime of ownership leases this process acquires; renewed while work continues.' },
+  { path: 'worker.max_sandboxes', kind: 'int', default: 0, min: 0, doc: 'Sandboxes this server places on its own providers; once it has that many, placement picks a remote worker. 0 = defaults.max_sandboxes.' },
+  { path: 'worker.rpc_credential', kind: 'enum', values: ['auto', 'token', 'signed'], default: 'auto', doc: 'What the control plane presents on its calls to remote workers: "token" (the worker\'s entry in auth.worker_tokens, else auth.worker_token), "signed" (short-lived aud worker:rpc tokens minted with auth.worker_signing_keys), "auto" (signed when signing keys are configured, else token).' },
+  { path: 'worker.rpc_tls.ca', kind: 'string', default: '', doc: 'Control plane side: PEM file with the CA that signs workers\' RPC server certificates (https rpc_url); empty trusts the system store.' },
+  { path: 'worker.rpc_tls.cert', kind: 'string', default: '', doc: 'Control plane side: PEM client certificate presented to workers that require mTLS (with worker.rpc_tls.key).' },
+  { path: 'worker.rpc_tls.key', kind: 'string', default: '', doc: 'Control plane side: PEM private key of worker.rpc_tls.cert.' },
+  { path: 'worker.rpc_tls.server_name', kind: 'string', default: '', doc: 'Control plane side: name workers\' certificates are verified against instead of the rpc_url host; empty uses the host.' },
+  { path: 'worker.rpc_server_tls.cert', kind: 'string', default: '', doc: 'Worker side: PEM server certificate of the RPC listener (with worker.rpc_server_tls.key); empty serves plain HTTP. --rpc-tls-cert overrides it.' },
+  { path: 'worker.rpc_server_tls.key', kind: 'string', default: '', doc: 'Worker side: PEM private key of worker.rpc_server_tls.cert.' },
+  { path: 'worker.rpc_server_tls.client_ca', kind: 'string', default: '', doc: 'Worker side: PEM CA that must sign the control plane\'s client certificate (mTLS); empty accepts any client.' },
+  { path: 'worker.rpc_server_tls.client_cert_optional', kind: 'bool', default: false, doc: 'Worker side: with client_ca, accept connections without a client certificate (one that is presented must still verify).' },
 
   { path: 'workers.stale_after', kind: 'duration', default: 2 * 60_000, min: 1, doc: 'A worker whose last heartbeat is older than this is stale.' },
 

@@ -59,6 +59,14 @@ export interface Config {
     id: string; // 'local'
     heartbeatIntervalMs: number; // 30s
     leaseTtlMs: number; // 2m
+    /** Capacity the server's own worker advertises; 0 = defaults.maxSandboxes. */
+    maxSandboxes: number;
+    /** The credential the control plane presents to remote workers. */
+    rpcCredential: 'auto' | 'token' | 'signed';
+    /** Control plane → worker RPC client TLS: PEM file paths, '' = unset. */
+    rpcTls: { ca: string; cert: string; key: string; serverName: string };
+    /** The worker daemon's RPC listener TLS: PEM file paths, '' = plain HTTP. */
+    rpcServerTls: { cert: string; key: string; clientCa: string; clientCertOptional: boolean };
   };
   workers: {
     staleAfterMs: number; // 2m

@@ -16,6 +16,8 @@ import { createOrchestrator } from '../orchestrator/index.js';
 import type { SandboxService } from '../orchestrator/service.js';
 import { openStore } from '../store/index.js';
 import { LocalWorker } from '../worker/local-worker.js';
+import { rpcClientTls, rpcCredentialFor } from '../worker/outbound.js';
+import { RemoteWorkerPool } from '../worker/remote-pool.js';
 import { WorkerAuthenticator } from '../workerproto/tokens.js';
 import { buildProviders } from './providers.js';
 
@@ -73,9 +75,19 @@ export async function startServer(config: Config, options: { logger?: Logger } =
     const registry = await buildProviders(config, logger);
     undo.push({ name: 'providers', run: () => registry.closeAll() });
 
+    const rpcTls = rpcClientTls(config);
+    const remoteWorkers = new RemoteWorkerPool({
+      store,
+      leaseTtlMs: config.worker.leaseTtlMs,
+      credentialFor: (workerId) => rpcCredentialFor(config, workerId),
+      ...(rpcTls !== undefined ? { tls: rpcTls } : {}),
+    });
+    undo.push({ name: 'remote_workers', run: () => remoteWorkers.close() });
+
     const orchestrator = createOrchestrator({
       config,
       store,
+      remoteWorkers,
       providers: registry.list(),
       defaultProvider: registry.defaultName,
       logger: logger.child({ component: 'orchestrator' }),
@@ -88,7 +100,7 @@ export async function startServer(config: Config, options: { logger?: Logger } =
       id: config.worker.id,
       providers: registry.names(),
       capacity: {
-        maxSandboxes: config.defaults.maxSandboxes,
+        maxSandboxes: config.worker.maxSandboxes > 0 ? config.worker.maxSandboxes : config.defaults.maxSandboxes,
         ...(config.defaults.maxSandboxesPerOwner > 0 ? { maxSandboxesPerOwner: config.defaults.maxSandboxesPerOwner } : {}),
         ...(config.server.previewDomain !== '' ? { previewDomain: config.server.previewDomain } : {}),
       },

@@ -14,7 +14,7 @@ import { OperationMetrics } from './metrics.js';
 import { isStale } from './scheduler.js';
 import type { Caller, SchedulerStatus, StacyEvent, WorkerView } from './service.js';
 import { KeyedLock } from './locks.js';
-import type { OrchestratorLogger, OrchestratorOptions } from './options.js';
+import type { OrchestratorLogger, OrchestratorOptions, RemoteWorkers } from './options.js';
 
 const silentLogger: OrchestratorLogger = { debug: () => undefined, info: () => undefined, warn: () => undefined, error: () => undefined };
 
@@ -26,6 +26,27 @@ export const HEALTH_TIMEOUT_MS = 5_000;
 
 /** States in which commands and file operations reach the runtime. */
 export const OPERABLE_STATES: readonly SandboxState[] = ['running', 'unhealthy'];
+
+/**
+ * Waits for a remote call at most HEALTH_TIMEOUT_MS: a worker that hangs (stopped, cut off)
+ * must hold up neither the background pass (which detects that it went stale) nor admission.
+ */
+export async function bounded<T>(p: Promise<T>, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([
+      p,
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new StacyError('remote_worker_rpc_unavailable', `${what} took longer than ${HEALTH_TIMEOUT_MS}ms`)), HEALTH_TIMEOUT_MS);
+        timer.unref();
+      }),
+    ]);
+  } finally {
+    if (timer !== undefined) clearTimeout(timer);
+    // The call may still fail later; nobody waits for it any more.
+    p.catch(() => undefined);
+  }
+}
 
 interface HealthEntry {
   health: ProviderHealth;
@@ -57,6 +78,7 @@ export class OrchestratorContext {
   readonly startedAt: number;
   lastScheduler: SchedulerStatus;
   readonly staleWorkers = new Set<string>();
+  readonly remote: RemoteWorkers | undefined;
 
   constructor(o: OrchestratorOptions) {
     this.config = o.config;
@@ -69,6 +91,7 @@ export class OrchestratorContext {
     this.log = o.logger ?? silentLogger;
     this.version = o.version;
     this.workerId = o.config.worker.id;
+    this.remote = o.remoteWorkers;
     this.redacted = redactConfig(o.config);
     this.diagnosticsConfig = o.redactConfig?.(o.config) ?? (this.redacted as unknown as Record<string, unknown>);
     this.events = new EventBus((err) => this.log.warn({ err }, 'event listener failed'));
@@ -124,27 +147,55 @@ export class OrchestratorContext {
     const record = await this.load(id, caller);
     if (!OPERABLE_STATES.includes(record.state)) throw conflict(`sandbox ${id} is ${record.state}`);
     if (record.expiresAt <= this.clock.now()) throw conflict(`sandbox ${id} has expired`);
-    if (record.workerId !== null && record.workerId !== this.workerId) {
-      throw new StacyError('remote_worker_rpc_unavailable', `sandbox ${id} runs on worker ${record.workerId}, which this server cannot reach over worker RPC yet`);
-    }
     if (record.runtimeId === null) throw conflict(`sandbox ${id} has no runtime`);
-    const provider = this.providers.get(record.provider);
-    if (provider === undefined) throw unavailable(`provider ${record.provider} is not available on this server`);
-    return { record, provider, runtimeId: record.runtimeId };
+    return { record, provider: await this.providerFor(record), runtimeId: record.runtimeId };
+  }
+
+  /** True when the record's runtime lives on another worker. */
+  isRemote(record: Pick<SandboxRecord, 'workerId'>): boolean {
+    return record.workerId !== null && record.workerId !== this.workerId;
+  }
+
+  /** The lease holder a record's runtime answers to: its worker. */
+  holderOf(record: Pick<SandboxRecord, 'workerId'>): string {
+    return record.workerId ?? this.workerId;
+  }
+
+  /**
+   * The provider that reaches the record's runtime: a local one, or the remote worker's.
+   * `remote_worker_rpc_unavailable` when the owner cannot be reached from here.
+   */
+  async providerFor(record: Pick<SandboxRecord, 'workerId' | 'provider' | 'id'>): Promise<Provider> {
+    if (!this.isRemote(record)) {
+      const provider = this.providers.get(record.provider);
+      if (provider === undefined) throw unavailable(`provider ${record.provider} is not available on this server`);
+      return provider;
+    }
+    const workerId = record.workerId as string;
+    const worker = await this.store.getWorker(workerId);
+    if (worker === undefined || this.remote === undefined) {
+      throw new StacyError('remote_worker_rpc_unavailable', `sandbox ${record.id} runs on worker ${workerId}, which this server cannot reach over worker RPC`);
+    }
+    // A stale worker may be hung: calling it would hold the client for the whole reply bound.
+    if (isStale(worker, this.clock.now(), this.config.workers.staleAfterMs)) {
+      throw new StacyError('remote_worker_rpc_unavailable', `sandbox ${record.id} runs on worker ${workerId}, whose heartbeat is stale`);
+    }
+    return this.remote.provider(worker, record.provider);
   }
 
   leaseTtl(): number {
     return this.config.worker.leaseTtlMs;
   }
 
-  async acquireLease(sandboxId: string): Promise<LeaseRecord> {
-    return this.store.acquireLease({ resourceId: sandboxId, resourceType: 'sandbox', holderId: this.workerId, ttlMs: this.leaseTtl() });
+  /** Acquires the sandbox's lease for `holder` (this server's worker by default). */
+  async acquireLease(sandboxId: string, holder: string = this.workerId): Promise<LeaseRecord> {
+    return this.store.acquireLease({ resourceId: sandboxId, resourceType: 'sandbox', holderId: holder, ttlMs: this.leaseTtl() });
   }
 
   /** Best-effort release: a failure only delays reuse until the lease expires. */
-  async releaseLease(sandboxId: string): Promise<void> {
+  async releaseLease(sandboxId: string, holder: string = this.workerId): Promise<void> {
     try {
-      await this.store.releaseLease(sandboxId, this.workerId);
+      await this.store.releaseLease(sandboxId, holder);
     } catch (err) {
       this.log.warn({ err, sandboxId }, 'lease release failed; it will expire on its own');
     }

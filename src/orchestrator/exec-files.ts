@@ -36,22 +36,23 @@ export class SandboxIO {
     return req;
   }
 
-  private async recordExec(sandboxId: string, req: ExecRequest, startedAt: number, outcome: 'ok' | 'timeout' | 'error', exitCode: number | null, durationMs: number, error?: unknown): Promise<void> {
+  private async recordExec(sandboxId: string, workerId: string, req: ExecRequest, startedAt: number, outcome: 'ok' | 'timeout' | 'error', exitCode: number | null, durationMs: number, error?: unknown): Promise<void> {
     try {
       await this.ctx.store.appendExecLog({ sandboxId, command: req.command, args: req.args, mode: req.mode, exitCode, outcome, durationMs, startedAt });
     } catch (err) {
       this.ctx.log.warn({ err, sandboxId }, 'could not append exec log');
     }
     const data: Record<string, unknown> = { command: req.command, mode: req.mode, exitCode, durationMs };
-    if (outcome === 'ok') this.ctx.emit('exec.completed', { sandboxId, workerId: this.ctx.workerId, data });
-    else if (outcome === 'timeout') this.ctx.emit('exec.timeout', { sandboxId, workerId: this.ctx.workerId, data: { ...data, timeoutMs: req.timeoutMs } });
-    else this.ctx.emit('exec.failed', { sandboxId, workerId: this.ctx.workerId, data: { ...data, error: error instanceof Error ? error.message : String(error) } });
+    if (outcome === 'ok') this.ctx.emit('exec.completed', { sandboxId, workerId, data });
+    else if (outcome === 'timeout') this.ctx.emit('exec.timeout', { sandboxId, workerId, data: { ...data, timeoutMs: req.timeoutMs } });
+    else this.ctx.emit('exec.failed', { sandboxId, workerId, data: { ...data, error: error instanceof Error ? error.message : String(error) } });
   }
 
   exec(id: string, call: ExecCall, caller: Caller): Promise<ExecOutcome> {
     return this.ctx.op('exec', async () => {
       const req = this.execRequest(call);
-      const { provider, runtimeId } = await this.ctx.operable(id, caller);
+      const { record, provider, runtimeId } = await this.ctx.operable(id, caller);
+      const workerId = this.ctx.holderOf(record);
       const cap = this.ctx.config.defaults.maxExecOutputBytes;
       const out = new Capped(cap);
       const err = new Capped(cap);
@@ -64,11 +65,11 @@ export class SandboxIO {
           else (ev.type === 'stdout' ? out : err).push(ev.data);
         }
         if (exit === undefined) throw providerError('exec ended without an exit status');
-        await this.recordExec(id, req, startedAt, 'ok', exit.exitCode, exit.durationMs);
+        await this.recordExec(id, workerId, req, startedAt, 'ok', exit.exitCode, exit.durationMs);
         return { exitCode: exit.exitCode, stdout: out.text(), stderr: err.text(), durationMs: exit.durationMs };
       } catch (e) {
         const timedOut = isStacyError(e, 'timeout');
-        await this.recordExec(id, req, startedAt, timedOut ? 'timeout' : 'error', null, Math.round(performance.now() - t0), e);
+        await this.recordExec(id, workerId, req, startedAt, timedOut ? 'timeout' : 'error', null, Math.round(performance.now() - t0), e);
         if (e instanceof StacyError) throw e;
         throw providerError(`exec: ${e instanceof Error ? e.message : String(e)}`, e);
       }
@@ -85,17 +86,19 @@ export class SandboxIO {
     const t0 = performance.now();
     let outcome = 'ok';
     let req: ExecRequest | undefined;
+    let workerId = this.ctx.workerId;
     let finished = false;
     const startedAt = this.ctx.clock.now();
     try {
       const request = this.execRequest(call);
-      const { provider, runtimeId } = await this.ctx.operable(id, caller);
+      const { record, provider, runtimeId } = await this.ctx.operable(id, caller);
+      workerId = this.ctx.holderOf(record);
       // From here on the command reaches the runtime, so every ending is logged.
       req = request;
       for await (const ev of provider.execStream(runtimeId, request, signal)) {
         if (ev.type === 'exit') {
           finished = true;
-          await this.recordExec(id, request, startedAt, 'ok', ev.exitCode, ev.durationMs);
+          await this.recordExec(id, workerId, request, startedAt, 'ok', ev.exitCode, ev.durationMs);
         }
         yield ev;
       }
@@ -103,7 +106,7 @@ export class SandboxIO {
     } catch (e) {
       outcome = isStacyError(e) ? e.code : 'provider_error';
       if (req !== undefined && !finished) {
-        await this.recordExec(id, req, startedAt, isStacyError(e, 'timeout') ? 'timeout' : 'error', null, Math.round(performance.now() - t0), e);
+        await this.recordExec(id, workerId, req, startedAt, isStacyError(e, 'timeout') ? 'timeout' : 'error', null, Math.round(performance.now() - t0), e);
       }
       if (e instanceof StacyError) throw e;
       throw providerError(`exec: ${e instanceof Error ? e.message : String(e)}`, e);
@@ -111,7 +114,7 @@ export class SandboxIO {
       if (req !== undefined && !finished && outcome === 'ok') {
         // The consumer stopped early (client went away); the provider killed the command.
         outcome = 'cancelled';
-        await this.recordExec(id, req, startedAt, 'error', null, Math.round(performance.now() - t0), new Error('cancelled by the client'));
+        await this.recordExec(id, workerId, req, startedAt, 'error', null, Math.round(performance.now() - t0), new Error('cancelled by the client'));
       }
       this.ctx.metricsRecorder.record('exec_stream', outcome, performance.now() - t0);
     }

@@ -10,13 +10,14 @@ import {
   type SandboxRecord,
   type TemplateRecord,
   ACTIVE_SANDBOX_STATES,
+  type WorkerRecord,
   TERMINAL_SANDBOX_STATES,
 } from '../core/types.js';
 import type { Provider } from '../providers/provider.js';
-import { place, type Placement } from './scheduler.js';
+import { isStale, place, type Placement } from './scheduler.js';
 import type { AdmissionReport, Caller, SpawnRequest } from './service.js';
 import { type ResolvedSpawn, isPooled, maxTtlFor, resolveOwner, resolveSpawn } from './validate.js';
-import type { OrchestratorContext } from './context.js';
+import { bounded, type OrchestratorContext } from './context.js';
 import { Mutex } from './locks.js';
 
 /** Hands a spawn a ready warm sandbox of the same shape, if there is one. */
@@ -159,13 +160,28 @@ export class SandboxLifecycle {
         report.reason = placed.status.reason ?? 'no eligible worker';
         return report;
       }
-      if (placed.selected.id !== this.ctx.workerId) {
-        report.reason = `placement selected remote worker ${placed.selected.id}, which this server cannot reach over worker RPC yet`;
+      const unreachable = this.unreachableReason(placed.selected);
+      if (unreachable !== null) {
+        report.reason = unreachable;
         return report;
       }
       report.allowed = true;
       return report;
     });
+  }
+
+  /** Why a selected worker cannot be driven from here, or null when it can (local, or remote with an rpc_url). */
+  /** The warm pool fills this worker only, whatever placement would prefer. */
+  private async localPlacement(): Promise<Placement> {
+    const self = (await this.ctx.store.getWorker(this.ctx.workerId)) ?? null;
+    return { selected: self, status: this.ctx.lastScheduler, eligible: self === null ? [] : [self] };
+  }
+
+  private unreachableReason(worker: WorkerRecord): string | null {
+    if (worker.id === this.ctx.workerId) return null;
+    if (this.ctx.remote === undefined) return `placement selected remote worker ${worker.id}, but this server has no worker RPC client`;
+    if (worker.capacity.rpcUrl === undefined || worker.capacity.rpcUrl === '') return `placement selected remote worker ${worker.id}, which advertises no rpc_url`;
+    return null;
   }
 
   // ---------------------------------------------------------------- spawn
@@ -182,8 +198,8 @@ export class SandboxLifecycle {
         });
         if (claimed !== undefined) return claimed;
       }
-      const record = await this.reserve(spec, quota);
-      return this.ctx.sandboxLock.run(record.id, () => this.materialise(record, spec));
+      const { record, provider } = await this.reserve(spec, quota);
+      return this.ctx.sandboxLock.run(record.id, () => this.materialise(record, spec, provider));
     });
   }
 
@@ -198,8 +214,8 @@ export class SandboxLifecycle {
    */
   spawnLocal(spec: ResolvedSpawn): Promise<SandboxRecord> {
     return this.ctx.op('pool_fill', async () => {
-      const record = await this.reserve(spec, undefined, true);
-      return this.ctx.sandboxLock.run(record.id, () => this.materialise(record, spec));
+      const { record, provider } = await this.reserve(spec, undefined, true);
+      return this.ctx.sandboxLock.run(record.id, () => this.materialise(record, spec, provider));
     });
   }
 
@@ -207,25 +223,32 @@ export class SandboxLifecycle {
    * Admission, placement, lease and the `creating` record, serialised in-process so that
    * concurrent spawns each see the others' reservations when they count.
    */
-  private reserve(spec: ResolvedSpawn, quota: QuotaRecord | undefined, local = false): Promise<SandboxRecord> {
+  private reserve(
+    spec: ResolvedSpawn,
+    quota: QuotaRecord | undefined,
+    local = false,
+  ): Promise<{ record: SandboxRecord; provider: Provider | undefined }> {
     return this.admissionLock.run(async () => {
       await this.checkLimits(spec, quota);
-      const placed = local ? { selected: { id: this.ctx.workerId }, status: this.ctx.lastScheduler } : await this.placement(spec.provider, spec.ownerId);
+      const placed = local ? await this.localPlacement() : await this.placement(spec.provider, spec.ownerId);
       if (placed.selected === null) {
         throw new StacyError('no_eligible_worker', placed.status.reason ?? 'no eligible worker', {
           retryAfterSeconds: Math.max(1, Math.ceil(this.ctx.config.worker.heartbeatIntervalMs / 1000)),
         });
       }
-      if (placed.selected.id !== this.ctx.workerId) {
-        throw new StacyError(
-          'remote_worker_rpc_unavailable',
-          `placement selected remote worker ${placed.selected.id}, which this server cannot reach over worker RPC yet`,
-        );
-      }
+      const worker = placed.selected;
+      const unreachable = this.unreachableReason(worker);
+      if (unreachable !== null) throw new StacyError('remote_worker_rpc_unavailable', unreachable);
+      // A remote worker is reached before anything is written, so an unreachable one leaves no trace.
+      const provider =
+        worker.id === this.ctx.workerId || this.ctx.remote === undefined
+          ? this.ctx.providers.get(spec.provider)
+          : await bounded(this.ctx.remote.provider(worker, spec.provider), `connect to worker ${worker.id}`);
       let id = newSandboxId();
       while ((await this.ctx.store.getSandbox(id)) !== undefined) id = newSandboxId();
-      // The lease comes first: a record is only ever written by the worker that holds it.
-      await this.ctx.acquireLease(id);
+      // The lease comes first and is held by the worker that will run the sandbox: the worker
+      // refuses spawn and destroy under any other holder.
+      await this.ctx.acquireLease(id, worker.id);
       const now = this.ctx.clock.now();
       const record: SandboxRecord = {
         id,
@@ -235,7 +258,7 @@ export class SandboxLifecycle {
         memoryMb: spec.memoryMb,
         vcpus: spec.vcpus,
         ownerId: spec.ownerId,
-        workerId: this.ctx.workerId,
+        workerId: worker.id,
         runtimeId: null,
         template: spec.template,
         metadata: spec.metadata,
@@ -247,10 +270,10 @@ export class SandboxLifecycle {
       try {
         await this.ctx.store.createSandbox(record);
       } catch (err) {
-        await this.ctx.releaseLease(id);
+        await this.ctx.releaseLease(id, worker.id);
         throw err;
       }
-      return record;
+      return { record, provider };
     });
   }
 
@@ -260,12 +283,12 @@ export class SandboxLifecycle {
    * holds a record without a runtime nor a provider a runtime without a record. Only if the
    * record cannot be deleted is it marked `error` so an operator can see it.
    */
-  private async materialise(record: SandboxRecord, spec: ResolvedSpawn): Promise<SandboxRecord> {
+  private async materialise(record: SandboxRecord, spec: ResolvedSpawn, provider: Provider | undefined): Promise<SandboxRecord> {
     // A destroy may have slipped in between the reservation and this lock: then there is
     // nothing left to create, and the destroyed record stays as history.
     const current = await this.ctx.store.getSandbox(record.id);
     if (current?.state !== 'creating') throw conflict(`sandbox ${record.id} was destroyed before its runtime was created`);
-    const provider = this.ctx.providers.get(spec.provider);
+    const workerId = this.ctx.holderOf(record);
     let runtimeId: string | null = null;
     try {
       if (provider === undefined) throw unavailable(`provider ${spec.provider} is not available`);
@@ -276,12 +299,12 @@ export class SandboxLifecycle {
           memoryMb: spec.memoryMb,
           vcpus: spec.vcpus,
           ownerId: spec.ownerId,
-          workerId: this.ctx.workerId,
+          workerId,
           env: spec.env,
           ...(spec.networkMode !== undefined ? { networkMode: spec.networkMode } : {}),
           labels: {
             'stacyvm.sandbox_id': record.id,
-            'stacyvm.worker_id': this.ctx.workerId,
+            'stacyvm.worker_id': workerId,
             ...(spec.ownerId !== null ? { 'stacyvm.owner_id': spec.ownerId } : {}),
           },
         }),
@@ -290,7 +313,7 @@ export class SandboxLifecycle {
       const running = await this.ctx.store.updateSandbox(record.id, { state: 'running', runtimeId, updatedAt: this.ctx.clock.now() });
       this.ctx.emit('sandbox.spawned', {
         sandboxId: record.id,
-        workerId: this.ctx.workerId,
+        workerId,
         data: { provider: spec.provider, image: spec.image, ownerId: spec.ownerId, runtimeId },
       });
       return running;
@@ -314,12 +337,12 @@ export class SandboxLifecycle {
     }
     try {
       await this.ctx.store.deleteSandboxes([record.id]);
-      await this.ctx.releaseLease(record.id);
+      await this.ctx.releaseLease(record.id, this.ctx.holderOf(record));
     } catch (err) {
       this.ctx.log.error({ err, sandboxId: record.id }, 'could not delete the record of a failed spawn');
       await this.markError(record.id, `spawn failed: ${reason}`);
     }
-    this.ctx.emit('sandbox.error', { sandboxId: record.id, workerId: this.ctx.workerId, data: { phase: 'spawn', reason } });
+    this.ctx.emit('sandbox.error', { sandboxId: record.id, workerId: this.ctx.holderOf(record), data: { phase: 'spawn', reason } });
   }
 
   private async markError(id: string, reason: string): Promise<void> {
@@ -377,32 +400,53 @@ export class SandboxLifecycle {
 
   private async teardownLocked(record: SandboxRecord, final: 'destroyed' | 'expired', reason: string): Promise<SandboxRecord> {
     if (TERMINAL_SANDBOX_STATES.includes(record.state)) return record;
-    if (record.workerId !== null && record.workerId !== this.ctx.workerId) {
+    const holder = this.ctx.holderOf(record);
+    if (this.ctx.isRemote(record)) {
+      // The remote provider acquires the lease for the worker itself, on the call that presents it.
       const lease = await this.ctx.store.getLease(record.id);
-      if (lease !== undefined && lease.holderId !== this.ctx.workerId && lease.expiresAt > (await this.ctx.store.now())) {
+      if (lease !== undefined && lease.holderId !== holder && lease.expiresAt > (await this.ctx.store.now())) {
         throw new StacyError('lease_conflict', `sandbox ${record.id} is leased by worker ${lease.holderId}`);
       }
-      throw new StacyError('remote_worker_rpc_unavailable', `sandbox ${record.id} runs on worker ${record.workerId}, which this server cannot reach over worker RPC yet`);
+    } else {
+      await this.ctx.acquireLease(record.id);
     }
-    await this.ctx.acquireLease(record.id);
     if (record.runtimeId !== null) {
-      const provider = this.ctx.providers.get(record.provider);
-      if (provider !== undefined) {
-        const runtimeId = record.runtimeId;
-        await this.ctx.callProvider('destroy', () => provider.destroy(runtimeId));
+      const runtimeId = record.runtimeId;
+      if (this.ctx.isRemote(record)) {
+        if (await this.workerIsStale(holder)) {
+          // A stale worker may be hung rather than gone; calling it would only wait out the
+          // reply bound. The record settles here and the runtime is removed when the worker
+          // returns (its inventory is reconciled then).
+          this.ctx.log.warn({ sandboxId: record.id, workerId: holder }, 'worker stale; sandbox settled without reaching its runtime');
+          reason = `${reason}; worker ${holder} stale, runtime removed when it returns`;
+        } else {
+          const provider = await this.ctx.providerFor(record);
+          await this.ctx.callProvider('destroy', () => provider.destroy(runtimeId));
+        }
       } else {
-        this.ctx.log.warn({ sandboxId: record.id, provider: record.provider }, 'provider not configured; marking sandbox destroyed without reaching its runtime');
-        reason = `${reason}; provider ${record.provider} not configured, runtime not verified`;
+        const provider = this.ctx.providers.get(record.provider);
+        if (provider !== undefined) {
+          await this.ctx.callProvider('destroy', () => provider.destroy(runtimeId));
+        } else {
+          this.ctx.log.warn({ sandboxId: record.id, provider: record.provider }, 'provider not configured; marking sandbox destroyed without reaching its runtime');
+          reason = `${reason}; provider ${record.provider} not configured, runtime not verified`;
+        }
       }
     }
     const updated = await this.ctx.store.updateSandbox(record.id, { state: final, stateReason: reason, updatedAt: this.ctx.clock.now() });
-    await this.ctx.releaseLease(record.id);
+    await this.ctx.releaseLease(record.id, holder);
     this.ctx.emit(final === 'expired' ? 'sandbox.expired' : 'sandbox.destroyed', {
       sandboxId: record.id,
-      workerId: this.ctx.workerId,
+      workerId: holder,
       data: { provider: record.provider, ownerId: record.ownerId, reason },
     });
     return updated;
+  }
+
+  private async workerIsStale(workerId: string): Promise<boolean> {
+    const worker = await this.ctx.store.getWorker(workerId);
+    // An unknown worker may be a peer server sharing the store: never settle its sandboxes from here.
+    return worker !== undefined && isStale(worker, this.ctx.clock.now(), this.ctx.config.workers.staleAfterMs);
   }
 
   extend(id: string, ttlMs: number, caller: Caller): Promise<SandboxRecord> {

@@ -7,10 +7,10 @@
 import { formatDuration } from '../core/duration.js';
 import { isStacyError, StacyError } from '../core/errors.js';
 import { newSandboxId, SANDBOX_ID_PATTERN } from '../core/ids.js';
-import { type SandboxRecord, type SandboxState, ACTIVE_SANDBOX_STATES, TERMINAL_SANDBOX_STATES } from '../core/types.js';
+import { type SandboxRecord, type SandboxState, type WorkerRecord, ACTIVE_SANDBOX_STATES, TERMINAL_SANDBOX_STATES } from '../core/types.js';
 import type { Provider } from '../providers/provider.js';
 import { isStale } from './scheduler.js';
-import { HEALTH_TIMEOUT_MS, OPERABLE_STATES, type OrchestratorContext } from './context.js';
+import { bounded, HEALTH_TIMEOUT_MS, OPERABLE_STATES, type OrchestratorContext } from './context.js';
 import type { SandboxLifecycle } from './lifecycle.js';
 
 /** Runtime status probes per background pass: a fleet of any size costs a bounded amount per pass. */
@@ -18,6 +18,10 @@ const RUNTIME_CHECKS_PER_PASS = 32;
 
 /** The state reason of a sandbox whose runtime the background pass found stopped. */
 const RUNTIME_STOPPED = 'runtime stopped';
+/** Fresh remote workers' inventories are swept for orphan runtimes every this many passes. */
+const SWEEP_EVERY_PASSES = 6;
+/** stateReason of sandboxes made unhealthy because their worker stopped heartbeating. */
+const WORKER_STALE = 'worker heartbeat stale';
 
 /** Start-up reconciliation and the periodic background pass. */
 export class Maintenance {
@@ -27,6 +31,10 @@ export class Maintenance {
   private runtimeCursor = '';
   /** Sandboxes put in `error` because their provider was down at start-up; retried by the background pass. */
   private readonly awaitingProvider = new Set<string>();
+  /** Remote workers whose sandboxes were made unhealthy; reconciled once they heartbeat again. */
+  private readonly awayWorkers = new Set<string>();
+  /** Background passes since the last inventory sweep of fresh remote workers. */
+  private passesSinceSweep = 0;
   private stopped = false;
 
   constructor(private readonly ctx: OrchestratorContext, private readonly lifecycle: SandboxLifecycle) {}
@@ -89,7 +97,7 @@ export class Maintenance {
       const expired = await this.ctx.store.listSandboxes({ states: ACTIVE_SANDBOX_STATES, expiresBefore: now });
       let n = 0;
       for (const record of expired) {
-        if (record.workerId !== null && record.workerId !== this.ctx.workerId) continue;
+        if (!(await this.reapableHere(record, now))) continue;
         try {
           if ((await this.lifecycle.teardown(record, 'expired', 'ttl expired')).state === 'expired') n += 1;
         } catch (err) {
@@ -101,6 +109,17 @@ export class Maintenance {
   }
 
   /** Forgets terminal records older than the retention window. */
+  /**
+   * Local sandboxes, and those of remote workers this server drives (an rpc_url) or whose worker
+   * went stale. Another server's own sandboxes (a shared store) are left to that server.
+   */
+  private async reapableHere(record: SandboxRecord, now: number): Promise<boolean> {
+    if (!this.ctx.isRemote(record)) return true;
+    const worker = await this.ctx.store.getWorker(record.workerId as string);
+    if (worker === undefined) return false;
+    return (worker.capacity.rpcUrl !== undefined && worker.capacity.rpcUrl !== '') || isStale(worker, now, this.ctx.config.workers.staleAfterMs);
+  }
+
   private async forgetOld(): Promise<number> {
     const cutoff = this.ctx.clock.now() - this.ctx.config.server.recordRetentionMs;
     const old = await this.ctx.store.listSandboxes({ states: TERMINAL_SANDBOX_STATES });
@@ -198,9 +217,16 @@ export class Maintenance {
     }
   }
 
-  /** Emits worker.stale once per worker when its heartbeat falls out of the freshness window. */
+  /**
+   * Emits worker.stale once per worker when its heartbeat falls out of the freshness window.
+   * A stale remote worker's live, unexpired sandboxes become `unhealthy`; once it heartbeats
+   * again it is reconciled (see recoverWorker). Fresh remote workers' leases are kept.
+   */
   private async watchWorkers(): Promise<void> {
     const now = this.ctx.clock.now();
+    this.passesSinceSweep += 1;
+    const sweep = this.passesSinceSweep >= SWEEP_EVERY_PASSES;
+    if (sweep) this.passesSinceSweep = 0;
     const seen = new Set<string>();
     for (const w of await this.ctx.store.listWorkers()) {
       seen.add(w.id);
@@ -211,8 +237,83 @@ export class Maintenance {
       } else if (!stale) {
         this.ctx.staleWorkers.delete(w.id);
       }
+      if (w.id === this.ctx.workerId) continue;
+      try {
+        if (stale) await this.markAway(w.id, now);
+        else {
+          await this.recoverWorker(w, sweep);
+          await this.keepRemoteLeases(w.id);
+        }
+      } catch (err) {
+        this.ctx.log.warn({ err, workerId: w.id }, 'could not settle the sandboxes of a remote worker');
+      }
     }
     for (const id of this.ctx.staleWorkers) if (!seen.has(id)) this.ctx.staleWorkers.delete(id);
+  }
+
+  private async markAway(workerId: string, now: number): Promise<void> {
+    const running = await this.ctx.store.listSandboxes({ states: ['running'], workerId });
+    this.awayWorkers.add(workerId);
+    for (const record of running) {
+      if (record.expiresAt <= now) continue; // the reaper expires it
+      await this.ctx.store.updateSandbox(record.id, { state: 'unhealthy', stateReason: WORKER_STALE, updatedAt: now });
+      this.ctx.log.warn({ sandboxId: record.id, workerId }, 'worker stale; sandbox marked unhealthy');
+      this.ctx.emit('sandbox.error', { sandboxId: record.id, workerId, data: { phase: 'health', reason: WORKER_STALE } });
+    }
+  }
+
+  /**
+   * A worker that heartbeats again after going stale: sandboxes it still runs return to
+   * `running`, ones whose runtime it no longer has are `destroyed`, and runtimes of sandboxes
+   * that finished (or were never recorded) while it was away are removed from it.
+   */
+  private async recoverWorker(worker: WorkerRecord, sweep: boolean): Promise<void> {
+    const remote = this.ctx.remote;
+    if (remote === undefined) return;
+    const waiting = new Map(
+      (await this.ctx.store.listSandboxes({ states: ['unhealthy'], workerId: worker.id })).filter((r) => r.stateReason === WORKER_STALE).map((r) => [r.id, r]),
+    );
+    // Also after a restart of this server, which forgets which workers were away.
+    // A periodic sweep also catches runtimes left by a spawn whose reply was lost (the record
+    // was removed, the worker made the runtime anyway).
+    if (waiting.size === 0 && !this.awayWorkers.has(worker.id) && !sweep) return;
+    for (const name of worker.providers) {
+      const provider = await bounded(remote.provider(worker, name), `connect to worker ${worker.id}`);
+      for (const info of (await bounded(provider.inventory?.() ?? Promise.resolve([]), `inventory of worker ${worker.id}`))) {
+        if (info.sandboxId === undefined) continue;
+        const record = await this.ctx.store.getSandbox(info.sandboxId);
+        if (record === undefined || TERMINAL_SANDBOX_STATES.includes(record.state) || record.workerId !== worker.id) {
+          await bounded(provider.destroy(info.runtimeId), `destroy on worker ${worker.id}`);
+          this.ctx.log.info({ workerId: worker.id, runtimeId: info.runtimeId }, 'removed a worker runtime whose sandbox is finished or unknown');
+          continue;
+        }
+        if (waiting.has(record.id) && info.status === 'running') {
+          waiting.delete(record.id);
+          await this.ctx.store.updateSandbox(record.id, { state: 'running', stateReason: null, updatedAt: this.ctx.clock.now() });
+          this.ctx.log.info({ sandboxId: record.id, workerId: worker.id }, 'worker back; sandbox running again');
+        }
+      }
+    }
+    for (const record of waiting.values()) {
+      if (!worker.providers.includes(record.provider)) continue;
+      await this.ctx.store.updateSandbox(record.id, { state: 'destroyed', stateReason: 'runtime gone when its worker returned', updatedAt: this.ctx.clock.now() });
+      await this.ctx.releaseLease(record.id, worker.id);
+      this.ctx.emit('sandbox.destroyed', { sandboxId: record.id, workerId: worker.id, data: { provider: record.provider, ownerId: record.ownerId, reason: 'runtime gone when its worker returned' } });
+    }
+    this.awayWorkers.delete(worker.id);
+  }
+
+  /** Renews the leases a fresh remote worker holds on its live sandboxes before they lapse. */
+  private async keepRemoteLeases(workerId: string): Promise<void> {
+    const records = await this.ctx.store.listSandboxes({ states: OPERABLE_STATES, workerId });
+    if (records.length === 0) return;
+    const leases = new Map((await this.ctx.store.listLeases({ holderId: workerId })).map((l) => [l.resourceId, l]));
+    const now = await this.ctx.store.now();
+    for (const record of records) {
+      const lease = leases.get(record.id);
+      if (lease !== undefined && lease.expiresAt - now > this.ctx.leaseTtl() / 2) continue;
+      await this.ctx.acquireLease(record.id, workerId);
+    }
   }
 
   /** Re-settles sandboxes whose provider was unavailable at start-up once it answers again. */

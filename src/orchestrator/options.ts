@@ -5,6 +5,7 @@ import type { Clock } from '../core/clock.js';
 import type { Config } from '../config/types.js';
 import type { Provider } from '../providers/provider.js';
 import type { Store } from '../store/store.js';
+import type { WorkerRecord } from '../core/types.js';
 
 /** The subset of a pino logger the orchestrator uses. */
 export interface OrchestratorLogger {
@@ -12,6 +13,16 @@ export interface OrchestratorLogger {
   info(obj: object, msg?: string): void;
   warn(obj: object, msg?: string): void;
   error(obj: object, msg?: string): void;
+}
+
+/**
+ * Reaches providers on remote workers. `provider` throws `remote_worker_rpc_unavailable` when
+ * the worker has no rpc_url or cannot be reached.
+ */
+export interface RemoteWorkers {
+  provider(worker: WorkerRecord, provider: string): Promise<Provider>;
+  /** Sends `worker.shutdown`: the worker refuses new spawns and reports `draining`. */
+  drain(worker: WorkerRecord): Promise<void>;
 }
 
 export interface OrchestratorOptions {
@@ -27,6 +38,8 @@ export interface OrchestratorOptions {
   clock?: Clock;
   logger?: OrchestratorLogger;
   version: string;
+  /** How sandboxes on other workers are reached; without it remote placement is refused with 503. */
+  remoteWorkers?: RemoteWorkers;
   /** Overrides how diagnostics show the configuration; defaults to the config module's redactConfig. */
   redactConfig?: (config: Config) => Record<string, unknown>;
 }

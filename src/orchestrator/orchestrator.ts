@@ -242,6 +242,10 @@ class ComposedOrchestrator implements Orchestrator {
     return this.workers.deleteWorker(id);
   }
 
+  drainWorker(id: string): Promise<WorkerView> {
+    return this.workers.drainWorker(id);
+  }
+
   renewLease(workerId: string, resourceId: string, ttlMs: number): Promise<LeaseRecord> {
     return this.workers.renewLease(workerId, resourceId, ttlMs);
   }

@@ -51,6 +51,8 @@ export interface SandboxService {
   /** Upserts a worker's heartbeat (admin or the worker itself). */
   heartbeat(workerId: string, beat: HeartbeatInput): Promise<WorkerView>;
   deleteWorker(id: string): Promise<void>;
+  /** Asks a remote worker to drain (worker.shutdown): no new placements, existing sandboxes keep working. */
+  drainWorker(id: string): Promise<WorkerView>;
   renewLease(workerId: string, resourceId: string, ttlMs: number): Promise<LeaseRecord>;
 
   listQuotas(): Promise<QuotaRecord[]>;

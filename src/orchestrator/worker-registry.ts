@@ -4,7 +4,7 @@
  */
 import { WORKER_ID_PATTERN } from '../config/load.js';
 import { formatDuration } from '../core/duration.js';
-import { badRequest, notFound } from '../core/errors.js';
+import { badRequest, notFound, StacyError } from '../core/errors.js';
 import type { LeaseRecord } from '../core/types.js';
 import type { HeartbeatInput, WorkerView } from './service.js';
 import type { OrchestratorContext } from './context.js';
@@ -44,6 +44,19 @@ export class WorkerRegistry {
       });
       this.ctx.staleWorkers.delete(workerId);
       this.ctx.emit('worker.heartbeat', { workerId, data: { status: saved.status, hostname: saved.hostname } });
+      return this.ctx.view(saved);
+    });
+  }
+
+  drainWorker(id: string): Promise<WorkerView> {
+    return this.ctx.op('worker_drain', async () => {
+      const w = await this.ctx.store.getWorker(id);
+      if (w === undefined) throw notFound('worker', id);
+      if (id === this.ctx.workerId) throw badRequest(`worker ${id} is this server's own worker; lower worker.max_sandboxes to stop placing sandboxes on it`);
+      if (this.ctx.remote === undefined) throw new StacyError('remote_worker_rpc_unavailable', `this server has no worker RPC client to reach worker ${id}`);
+      await this.ctx.remote.drain(w);
+      // Recorded at once so placement stops now, not at the worker's next heartbeat.
+      const saved = await this.ctx.store.saveWorker({ ...w, status: 'draining', updatedAt: this.ctx.clock.now() });
       return this.ctx.view(saved);
     });
   }

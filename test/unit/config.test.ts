@@ -75,7 +75,15 @@ describe('defaults', () => {
       workerSigningKeys: [],
       revokedTokenIds: [],
     });
-    expect(c.worker).toEqual({ id: 'local', heartbeatIntervalMs: 30_000, leaseTtlMs: 120_000 });
+    expect(c.worker).toEqual({
+      id: 'local',
+      heartbeatIntervalMs: 30_000,
+      leaseTtlMs: 120_000,
+      maxSandboxes: 0,
+      rpcCredential: 'auto',
+      rpcTls: { ca: '', cert: '', key: '', serverName: '' },
+      rpcServerTls: { cert: '', key: '', clientCa: '', clientCertOptional: false },
+    });
     expect(c.workers).toEqual({ staleAfterMs: 120_000 });
     expect(c.reconcile).toEqual({ unknownRuntimes: 'adopt', reapIntervalMs: 10_000 });
     expect(c.pool).toEqual({ enabled: false, size: 2, image: '', provider: '', refillIntervalMs: 5_000 });
@@ -230,6 +238,11 @@ describe('every key has an effect', () => {
     'server.cors_allowed_origins': ['https://a.example'],
     'worker.id': ['w-7'],
     'pool.provider': ['mock'],
+    'worker.rpc_tls.cert': ['/c2.pem', { STACYVM_WORKER_RPC_TLS_CERT: '/c.pem', STACYVM_WORKER_RPC_TLS_KEY: '/k.pem' }],
+    'worker.rpc_tls.key': ['/k2.pem', { STACYVM_WORKER_RPC_TLS_CERT: '/c.pem', STACYVM_WORKER_RPC_TLS_KEY: '/k.pem' }],
+    'worker.rpc_server_tls.cert': ['/c2.pem', { STACYVM_WORKER_RPC_SERVER_TLS_CERT: '/c.pem', STACYVM_WORKER_RPC_SERVER_TLS_KEY: '/k.pem' }],
+    'worker.rpc_server_tls.key': ['/k2.pem', { STACYVM_WORKER_RPC_SERVER_TLS_CERT: '/c.pem', STACYVM_WORKER_RPC_SERVER_TLS_KEY: '/k.pem' }],
+    'worker.rpc_server_tls.client_ca': ['/ca.pem', { STACYVM_WORKER_RPC_SERVER_TLS_CERT: '/c.pem', STACYVM_WORKER_RPC_SERVER_TLS_KEY: '/k.pem' }],
   };
   const changed = (k: KeyDef): string => {
     const d = typeof k.default === 'function' ? undefined : k.default;
@@ -486,6 +499,10 @@ describe('validation reports every problem at once', () => {
     [{ STACYVM_DATABASE_PATH: '' }, 'database.path', /empty/],
     [{ STACYVM_WORKER_ID: 'has space' }, 'worker.id', /letters/],
     [{ STACYVM_WORKERS_STALE_AFTER: '30s' }, 'workers.stale_after', /heartbeat_interval/],
+    [{ STACYVM_WORKER_RPC_CREDENTIAL: 'signed' }, 'worker.rpc_credential', /signing_keys/],
+    [{ STACYVM_WORKER_RPC_TLS_CERT: '/c.pem' }, 'worker.rpc_tls.key', /together/],
+    [{ STACYVM_WORKER_RPC_SERVER_TLS_KEY: '/k.pem' }, 'worker.rpc_server_tls.cert', /together/],
+    [{ STACYVM_WORKER_RPC_SERVER_TLS_CLIENT_CA: '/ca.pem' }, 'worker.rpc_server_tls.client_ca', /needs/],
     [{ STACYVM_PROVIDERS_OCI_USER: 'root' }, 'providers.oci.user', /uid:gid/],
     [{ STACYVM_PROVIDERS_OCI_BRIDGE_SUBNET: '10.88.0.0/33' }, 'providers.oci.bridge_subnet', /CIDR/],
     [{ STACYVM_PROVIDERS_DOCKER_REGISTRY_AUTH_USERNAME: 'u' }, 'providers.docker.registry_auth.password', /both/],

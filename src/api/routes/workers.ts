@@ -52,6 +52,12 @@ export function workerRoutes(app: FastifyInstance, ctx: ApiContext): void {
     },
   );
 
+  app.post<{ Params: { workerID: string } }>(
+    '/admin/workers/:workerID/drain',
+    { schema: { tags: ['workers'], params: WorkerParams, response: { 200: WorkerWire, ...errors } } },
+    async (req) => workerOut(await service.drainWorker(req.params.workerID)),
+  );
+
   // Worker-credential routes: the auth hook has already verified the credential and its id.
   app.post<{ Params: { workerID: string }; Body: HeartbeatBodyT }>(
     '/worker/:workerID/heartbeat',

@@ -246,6 +246,12 @@ export class FakeService implements SandboxService {
   async deleteWorker(id: string): Promise<void> {
     if (!this.workers.delete(id)) throw notFound('worker', id);
   }
+  async drainWorker(id: string): Promise<WorkerView> {
+    const w = await this.getWorker(id);
+    const drained = { ...w, status: 'draining' as const };
+    this.workers.set(id, drained);
+    return drained;
+  }
   async renewLease(workerId: string, resourceId: string, ttlMs: number): Promise<LeaseRecord> {
     if (resourceId === 'held') throw new StacyError('lease_conflict', 'lease held by another worker');
     return { resourceId, resourceType: 'sandbox', holderId: workerId, generation: 2, expiresAt: T0 + ttlMs, createdAt: T0, updatedAt: T0 };

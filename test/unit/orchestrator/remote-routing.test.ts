@@ -1,0 +1,124 @@
+/**
+ * The orchestrator's remote routing against an in-process worker (WorkerRpcServer on loopback,
+ * mock provider) with a ManualClock, so the stale-worker policy is driven step by step:
+ * unhealthy when stale, destroy and expiry settle without calling a stale worker and release the
+ * lease, and a returning worker gets the runtimes of finished sandboxes removed.
+ */
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { ManualClock } from '../../../src/core/clock.js';
+import { createOrchestrator, type Orchestrator } from '../../../src/orchestrator/index.js';
+import { MockProvider } from '../../../src/providers/mock/mock-provider.js';
+import type { Store } from '../../../src/store/store.js';
+import { RemoteWorkerPool } from '../../../src/worker/remote-pool.js';
+import { SIGNING_KEY, startTestWorker, type TestWorker } from '../../integration/worker-harness.js';
+import { anon, leaseHolder, sqliteMemory, testConfig } from './harness.js';
+
+interface Setup {
+  orch: Orchestrator;
+  store: Store;
+  clock: ManualClock;
+  worker: TestWorker;
+  beat: () => Promise<void>;
+  close: () => Promise<void>;
+}
+
+async function setup(): Promise<Setup> {
+  const config = testConfig();
+  const root = mkdtempSync(join(tmpdir(), 'stacyvm-orch-remote-'));
+  const store = await sqliteMemory();
+  const clock = new ManualClock(Date.now());
+  const worker = await startTestWorker({ workerId: 'w1' });
+  const pool = new RemoteWorkerPool({ store, leaseTtlMs: config.worker.leaseTtlMs, credentialFor: () => ({ kind: 'signing_key', keys: [SIGNING_KEY] }) });
+  const local = new MockProvider({ root: join(root, 'mock') });
+  // No local worker record: placement can only choose w1.
+  const orch = createOrchestrator({ config, store, providers: [local], clock, version: 'test', remoteWorkers: pool });
+  await orch.start();
+  const beat = async () => {
+    await orch.heartbeat('w1', { hostname: 'w1', status: 'online', providers: ['mock'], capabilities: ['isolation:mock:none'], capacity: { rpcUrl: worker.url } });
+  };
+  await beat();
+  return {
+    orch,
+    store,
+    clock,
+    worker,
+    beat,
+    close: async () => {
+      await orch.stop();
+      await pool.close();
+      await worker.stop();
+      await local.close();
+      await store.close();
+      rmSync(root, { recursive: true, force: true });
+    },
+  };
+}
+
+/** One background pass, driven by hand (the test config disables the loop). */
+const tick = (o: Orchestrator): Promise<void> => (o as unknown as { tick(): Promise<void> }).tick();
+
+const runtimesOn = async (w: TestWorker) => (await w.provider.inventory()).map((r) => r.sandboxId);
+
+describe('remote routing in the orchestrator', () => {
+  let s: Setup | undefined;
+  afterEach(async () => {
+    await s?.close();
+    s = undefined;
+  });
+
+  it('spawns on the worker under a lease it holds, and destroys there', async () => {
+    s = await setup();
+    const sb = await s.orch.spawn({ provider: 'mock', image: 'host' }, anon);
+    expect(sb).toMatchObject({ workerId: 'w1', state: 'running' });
+    expect(await leaseHolder(s.store, sb.id)).toBe('w1');
+    expect(await runtimesOn(s.worker)).toEqual([sb.id]);
+    const events: Array<{ type: string; workerId?: string }> = [];
+    s.orch.subscribe((e) => events.push(e));
+    const r = await s.orch.exec(sb.id, { command: 'echo hi', args: [], mode: 'shell', env: {} }, anon);
+    expect(r.stdout).toBe('hi\n');
+    expect(events.find((e) => e.type === 'exec.completed')?.workerId).toBe('w1');
+    await s.orch.destroy(sb.id, anon);
+    expect(await runtimesOn(s.worker)).toEqual([]);
+    expect(await leaseHolder(s.store, sb.id)).toBeNull();
+  });
+
+  it('stale worker: live sandboxes turn unhealthy; destroy and expiry settle without it; its return removes finished runtimes and revives the rest', async () => {
+    s = await setup();
+    const config = testConfig();
+    const kept = await s.orch.spawn({ provider: 'mock', image: 'host', ttlMs: 60 * 60_000 }, anon);
+    const destroyed = await s.orch.spawn({ provider: 'mock', image: 'host', ttlMs: 60 * 60_000 }, anon);
+    const expiring = await s.orch.spawn({ provider: 'mock', image: 'host', ttlMs: config.workers.staleAfterMs + 60_000 }, anon);
+
+    s.clock.advance(config.workers.staleAfterMs + 1_000);
+    await tick(s.orch);
+    for (const sb of [kept, destroyed, expiring]) expect((await s.orch.get(sb.id, anon)).state).toBe('unhealthy');
+    // Calls are refused at once rather than sent to a worker that may be hung.
+    await expect(s.orch.exec(kept.id, { command: 'true', args: [], mode: 'argv', env: {} }, anon)).rejects.toMatchObject({ code: 'remote_worker_rpc_unavailable' });
+
+    await s.orch.destroy(destroyed.id, anon);
+    expect((await s.orch.get(destroyed.id, anon)).state).toBe('destroyed');
+    expect(await leaseHolder(s.store, destroyed.id)).toBeNull();
+
+    s.clock.advance(2 * 60_000);
+    await tick(s.orch);
+    expect((await s.orch.get(expiring.id, anon)).state).toBe('expired');
+    expect(await leaseHolder(s.store, expiring.id)).toBeNull();
+    // The worker was never called: its runtimes are all still there.
+    expect(new Set(await runtimesOn(s.worker))).toEqual(new Set([kept.id, destroyed.id, expiring.id]));
+
+    await s.beat();
+    await tick(s.orch);
+    expect((await s.orch.get(kept.id, anon)).state).toBe('running');
+    expect(await runtimesOn(s.worker)).toEqual([kept.id]);
+  });
+
+  it('a worker with no rpc_url is 503 remote_worker_rpc_unavailable and nothing is created', async () => {
+    s = await setup();
+    await s.orch.heartbeat('w1', { hostname: 'w1', status: 'online', providers: ['mock'], capabilities: [], capacity: {} });
+    await expect(s.orch.spawn({ provider: 'mock', image: 'host' }, anon)).rejects.toMatchObject({ code: 'remote_worker_rpc_unavailable' });
+    expect(await s.orch.list(anon)).toEqual([]);
+  });
+});
