@@ -7,6 +7,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { OciProviderConfig } from '../../src/config/types.js';
+import { defaultConfig } from '../../src/config/load.js';
 import { ImageStore } from '../../src/images/store.js';
 import { OciProvider } from '../../src/providers/oci/provider.js';
 import type { ExecRequest, SpawnSpec } from '../../src/providers/provider.js';
@@ -62,18 +63,8 @@ export async function setupOciBench(root: string, imageRoot = join(root, 'images
   await images.buildBusybox('bench-busybox');
   const imageBuildMs = round(now() - tImg);
   const image = await images.resolve('bench-busybox');
-  const config: OciProviderConfig = {
-    enabled: true,
-    runcPath: 'runc',
-    root: join(root, 'oci'),
-    networkMode: 'none',
-    bridgeName: 'stacy0',
-    bridgeSubnet: '10.88.0.0/16',
-    readOnlyRootfs: false,
-    user: '1000:1000',
-    pidsLimit: 256,
-    addedCaps: [],
-  };
+  // The shipped defaults, with this run's own root and a bridge name apart from a server's.
+  const config: OciProviderConfig = { ...defaultConfig().providers.oci, root: join(root, 'oci'), bridgeName: 'stacy0' };
   const provider = new OciProvider({ config, images });
   let seq = 0;
   const spec = (): SpawnSpec => ({

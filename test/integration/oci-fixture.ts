@@ -7,6 +7,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { OciProviderConfig } from '../../src/config/types.js';
+import { defaultConfig } from '../../src/config/load.js';
 import { ImageStore } from '../../src/images/store.js';
 import { OciProvider } from '../../src/providers/oci/provider.js';
 import type { ExecEvent, ExecRequest, Provider, SpawnSpec } from '../../src/providers/provider.js';
@@ -28,19 +29,8 @@ export async function createOciFixture(over: Partial<OciProviderConfig> = {}): P
   const root = mkdtempSync(join(tmpdir(), 'stacyvm-oci-'));
   const images = new ImageStore(join(root, 'images'));
   await images.buildBusybox('busybox');
-  const config: OciProviderConfig = {
-    enabled: true,
-    runcPath: 'runc',
-    root: join(root, 'oci'),
-    networkMode: 'none',
-    bridgeName: 'stacy0',
-    bridgeSubnet: '10.88.0.0/16',
-    readOnlyRootfs: false,
-    user: '1000:1000',
-    pidsLimit: 256,
-    addedCaps: [],
-    ...over,
-  };
+  // The shipped defaults, with this fixture's own root and a bridge name apart from a server's.
+  const config: OciProviderConfig = { ...defaultConfig().providers.oci, root: join(root, 'oci'), bridgeName: 'stacy0', ...over };
   const providers: OciProvider[] = [];
   const makeProvider = (o: Partial<OciProviderConfig>): OciProvider => {
     const p = new OciProvider({ config: { ...config, ...o }, images });
