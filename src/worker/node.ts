@@ -16,7 +16,7 @@ import { formatDuration, parseDuration } from '../core/duration.js';
 import { toIso } from '../core/clock.js';
 import type { WorkerStatus } from '../core/types.js';
 import type { ExecEvent, FileEntry, Provider } from '../providers/provider.js';
-import type { AnyRpcRequest, ParamsOf, ResultOf, WorkerMethod } from '../workerproto/index.js';
+import type { AnyRpcRequest, ParamsOf, ResultOf } from '../workerproto/index.js';
 
 export interface WorkerCapacityOptions {
   maxSandboxes?: number;
@@ -172,11 +172,8 @@ export class WorkerNode {
         await provider.writeFile(runtimeId, p.path, Buffer.from(p.content, 'base64'), p.mode);
         return { status: 'written' };
       }
-      case 'worker.file_read': {
-        const p = request.params;
-        const { provider, runtimeId } = this.operable(p);
-        return { content: (await readAll(await provider.readFile(runtimeId, p.path))).toString('base64') };
-      }
+      case 'worker.file_read':
+        throw badRequest('worker.file_read is a streaming method');
       case 'worker.file_list': {
         const p = request.params;
         const { provider, runtimeId } = this.operable(p);
@@ -225,6 +222,15 @@ export class WorkerNode {
   async *execStream(params: ExecParams, signal?: AbortSignal): AsyncGenerator<StreamChunk> {
     const { provider, runtimeId } = this.operable(params);
     for await (const ev of provider.execStream(runtimeId, execRequestOf(params), signal)) yield eventToWire(ev);
+  }
+
+  /**
+   * Opens a file for `worker.file_read`. Errors the provider reports up front (missing file, a
+   * directory) are thrown here, before the transport has sent a status line.
+   */
+  async openFile(params: ParamsOf<'worker.file_read'>): Promise<Readable> {
+    const { provider, runtimeId } = this.operable(params);
+    return provider.readFile(runtimeId, params.path);
   }
 
   private async execBuffered(params: ExecParams): Promise<ResultOf<'worker.exec'>> {
@@ -356,15 +362,4 @@ function eventToWire(ev: ExecEvent): StreamChunk {
 
 function entryToWire(e: FileEntry): ResultOf<'worker.file_stat'>['entry'] {
   return { name: e.name, path: e.path, size: e.size, is_dir: e.isDir, mod_time: toIso(e.modTime), mode: e.mode };
-}
-
-async function readAll(stream: Readable): Promise<Buffer> {
-  const chunks: Buffer[] = [];
-  for await (const chunk of stream) chunks.push(Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk as string));
-  return Buffer.concat(chunks);
-}
-
-/** Type guard used by the transport: whether the method's reply is a stream. */
-export function isStreamingMethod(method: WorkerMethod): method is 'worker.exec_stream' {
-  return method === 'worker.exec_stream';
 }

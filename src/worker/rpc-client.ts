@@ -67,7 +67,7 @@ export interface CallOptions {
   timeoutMs?: number;
 }
 
-type UnaryMethod = Exclude<WorkerMethod, 'worker.exec_stream'>;
+type UnaryMethod = Exclude<WorkerMethod, 'worker.exec_stream' | 'worker.file_read'>;
 type Ref = { sandbox_id: string; provider: string; runtime_id: string };
 type StreamChunk = ResultOf<'worker.exec_stream'>;
 type ResponseBody = Dispatcher.ResponseData['body'];
@@ -144,34 +144,25 @@ export class RemoteWorkerClient {
         decode(request, response.statusCode, await this.readText(body, options), this.describe());
         throw new StacyError('internal', `worker ${this.describe()} answered exec_stream with status ${response.statusCode}`);
       }
-      const decoder = new StringDecoder('utf8');
-      let buffered = '';
       try {
-        for await (const chunk of body) {
-          buffered += decoder.write(chunk as Buffer);
-          let nl: number;
-          while ((nl = buffered.indexOf('\n')) >= 0) {
-            const line = buffered.slice(0, nl);
-            buffered = buffered.slice(nl + 1);
-            if (line.length === 0) continue;
-            const value = parseJson(line, request.method, this.describe());
-            const output = outputChunkOf(value, request.id);
-            if (output !== undefined) {
-              // Empty chunks are the worker's keepalives.
-              if (output.bytes.length > 0) yield output;
-              continue;
-            }
-            const result = parseResponse(request, value);
-            if (result.stream === 'exit') {
-              // Reading to the end of the response lets the pool reuse the connection; the worker
-              // ends it right after the exit chunk, and the idle bound still applies.
-              for await (const _ of body) void _;
-              finished = true;
-              yield result;
-              return;
-            }
-            if (result.data !== '') yield result;
+        for await (const line of ndjsonLines(body)) {
+          const value = parseJson(line, request.method, this.describe());
+          const output = outputChunkOf(value, request.id);
+          if (output !== undefined) {
+            // Empty chunks are the worker's keepalives.
+            if (output.bytes.length > 0) yield output;
+            continue;
           }
+          const result = parseResponse(request, value);
+          if (result.stream === 'exit') {
+            // Reading to the end of the response lets the pool reuse the connection; the worker
+            // ends it right after the exit chunk, and the idle bound still applies.
+            for await (const _ of body) void _;
+            finished = true;
+            yield result;
+            return;
+          }
+          if (result.data !== '') yield result;
         }
       } catch (err) {
         throw isStacyError(err) || abort.signal.aborted ? err : this.unavailable(err);
@@ -181,6 +172,43 @@ export class RemoteWorkerClient {
       options.signal?.removeEventListener('abort', onAbort);
       if (!finished && body !== undefined) body.destroy();
     }
+  }
+
+  /**
+   * Runs `worker.file_read`. Resolves once the worker has opened the file (its errors, such as
+   * not_found, reject here) with a stream of the content that pulls from the worker as it is
+   * read. A reply that ends without the eof line fails the stream with
+   * `remote_worker_rpc_unavailable`; destroying the stream closes the connection.
+   */
+  async readFile(params: ParamsOf<'worker.file_read'>, options: CallOptions = {}): Promise<Readable> {
+    const request = createRequest('worker.file_read', this.workerId, params);
+    const response = await this.open(request, this.requestTimeoutMs, this.streamIdleTimeoutMs, options);
+    const body = response.body;
+    if (response.statusCode !== 200) {
+      decode(request, response.statusCode, await this.readText(body, options), this.describe());
+      throw new StacyError('internal', `worker ${this.describe()} answered file_read with status ${response.statusCode}`);
+    }
+    const describe = this.describe();
+    const unavailable = (err: unknown) => this.unavailable(err);
+    async function* chunks(): AsyncGenerator<Buffer> {
+      let complete = false;
+      try {
+        for await (const line of ndjsonLines(body)) {
+          const result = parseResponse(request, parseJson(line, request.method, describe));
+          if (result.eof === true) {
+            complete = true;
+            return;
+          }
+          if (result.content !== '') yield Buffer.from(result.content, 'base64');
+        }
+      } catch (err) {
+        throw isStacyError(err) ? err : unavailable(err);
+      } finally {
+        if (!complete) body.destroy();
+      }
+      throw new StacyError('remote_worker_rpc_unavailable', `worker ${describe}: file read of ${params.path} ended before the end of the file`);
+    }
+    return Readable.from(chunks(), { objectMode: false });
   }
 
   /** Liveness and what the worker advertises. */
@@ -278,6 +306,21 @@ function outputChunkOf(value: unknown, id: string): (StreamChunk & { bytes: Buff
   const bytes = Buffer.from(r.data, 'base64');
   if (bytes.toString('base64') !== r.data) return undefined;
   return { stream: r.stream, data: r.data, bytes };
+}
+
+/** The non-empty lines of an NDJSON body, as they arrive. */
+async function* ndjsonLines(body: ResponseBody): AsyncGenerator<string> {
+  const decoder = new StringDecoder('utf8');
+  let buffered = '';
+  for await (const chunk of body) {
+    buffered += decoder.write(chunk as Buffer);
+    let nl: number;
+    while ((nl = buffered.indexOf('\n')) >= 0) {
+      const line = buffered.slice(0, nl);
+      buffered = buffered.slice(nl + 1);
+      if (line.length > 0) yield line;
+    }
+  }
 }
 
 function parseJson(text: string, method: string, who: string): unknown {
@@ -448,8 +491,7 @@ export class RemoteProvider implements Provider {
   }
 
   async readFile(runtimeId: string, path: string): Promise<Readable> {
-    const { content } = await this.client.call('worker.file_read', { ...this.operable(runtimeId), path }, this.ctx());
-    return Readable.from([Buffer.from(content, 'base64')]);
+    return this.client.readFile({ ...this.operable(runtimeId), path }, this.ctx());
   }
 
   async listFiles(runtimeId: string, path: string): Promise<FileEntry[]> {

@@ -12,11 +12,13 @@
  * output chunk, flushed as produced, the `exit` chunk last; a write the socket cannot take waits
  * for `drain`, and a client that disconnects aborts the command. While a command is silent an
  * empty stdout chunk is sent every few seconds, so the client can tell a quiet command from a
- * dead worker without a limit on how long a command may stay quiet.
+ * dead worker without a limit on how long a command may stay quiet. `worker.file_read` streams
+ * the same way (chunks of the file, then an eof line), so no file is ever held whole in memory.
  */
 import { createServer as createHttpServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
+import type { Readable } from 'node:stream';
 import type { TLSSocket } from 'node:tls';
 import { pino, type Logger } from 'pino';
 import { StacyError, badRequest, httpStatusOf, isStacyError } from '../core/errors.js';
@@ -205,6 +207,11 @@ export class WorkerRpcServer {
       log.info({ ms: msSince(started) }, 'rpc stream done');
       return;
     }
+    if (request.method === 'worker.file_read') {
+      await this.streamFile(request.id, request.params, res, log);
+      log.debug({ ms: msSince(started) }, 'rpc file read done');
+      return;
+    }
     try {
       const result = await this.node.call(request);
       sendJson(res, 200, okResponse(request.id, result as never));
@@ -253,6 +260,41 @@ export class WorkerRpcServer {
       if (abort.signal.aborted) log.info('exec stream aborted: client went away');
       await iterator.return(undefined);
       res.end(last);
+    }
+  }
+
+  /**
+   * `worker.file_read`: NDJSON like exec output, one `{content}` line per chunk the provider
+   * yields, then `{content: "", eof: true}`. The file is opened before the status line, so a
+   * missing file or a directory is an ordinary error reply; a failure mid-way ends the reply with
+   * an error line, and a client that goes away stops the read.
+   */
+  private async streamFile(id: string, params: Extract<AnyRpcRequest, { method: 'worker.file_read' }>['params'], res: ServerResponse, log: Logger): Promise<void> {
+    let source: Readable;
+    try {
+      source = await this.node.openFile(params);
+    } catch (err) {
+      if (!(err instanceof StacyError)) log.error({ err }, 'file read failed unexpectedly');
+      sendError(res, id, err);
+      return;
+    }
+    res.writeHead(200, { 'content-type': 'application/x-ndjson', 'cache-control': 'no-store' });
+    const prefix = `{"id":${JSON.stringify(id)},"result":{"content":"`;
+    let last = `${JSON.stringify(okResponse(id, { content: '', eof: true }))}\n`;
+    try {
+      for await (const chunk of source) {
+        if (res.destroyed) break;
+        const bytes = Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk as string);
+        // Base64 needs no JSON escaping, so the line is spliced rather than stringified.
+        if (bytes.length > 0 && !res.write(`${prefix}${bytes.toString('base64')}"}}\n`)) await drained(res);
+      }
+    } catch (err) {
+      if (!(err instanceof StacyError)) log.error({ err }, 'file read failed mid-way');
+      last = `${JSON.stringify(errorResponse(id, err))}\n`;
+    } finally {
+      source.destroy();
+      if (res.destroyed) log.info('file read aborted: client went away');
+      else res.end(last);
     }
   }
 }

@@ -157,7 +157,12 @@ export const METHODS = {
     lease: false,
     scope: 'worker:files',
     params: Type.Object({ ...sandboxRef, path: NonEmpty }, strict),
-    result: Type.Object({ content: Type.String({ pattern: BASE64 }) }, strict),
+    /**
+     * Streamed like exec output, so a file of any size crosses in bounded memory: one response
+     * per chunk, all with the request's id, then `{content: "", eof: true}`. A reply that ends
+     * without the eof line is a truncated file, never a short one.
+     */
+    result: Type.Object({ content: Type.String({ pattern: BASE64 }), eof: Type.Optional(Type.Literal(true)) }, strict),
   },
   'worker.file_list': {
     lease: false,

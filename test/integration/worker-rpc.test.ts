@@ -1,4 +1,5 @@
 import { execFileSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer as createHttpServer } from 'node:http';
 import { createServer, type Server, type Socket } from 'node:net';
@@ -160,6 +161,63 @@ describe('worker RPC over HTTP', () => {
     await client.destroy({ sandbox_id: other, provider: 'mock', runtime_id }, leases.acquire(other));
     expect((await client.call('worker.status', { sandbox_id: sb, provider: 'mock', runtime_id })).status).toBe('running');
     await client.destroy({ sandbox_id: sb, provider: 'mock', runtime_id }, leases.acquire(sb));
+  });
+
+  it('reads a file larger than any string the worker could build, chunk by chunk', { timeout: 120_000 }, async () => {
+    // 600 MiB is beyond V8's longest string once base64-encoded (~800M chars), so it only
+    // arrives if the worker streams it rather than encoding it whole.
+    const size = 600 * 1024 * 1024;
+    const sb = newSandboxId();
+    const { runtimeId } = await provider.spawn({ sandboxId: sb, image: 'host', memoryMb: 64, vcpus: 1, ownerId: null, workerId: 'w1', env: {}, labels: {} });
+    try {
+      const made = await client.call('worker.exec', { ...refOf(runtimeId), ...shell(`truncate -s ${size} big.bin && printf end >> big.bin`) });
+      expect(made.exit_code).toBe(0);
+      const hash = createHash('sha256');
+      let received = 0;
+      let tail = Buffer.alloc(0);
+      for await (const chunk of await provider.readFile(runtimeId, '/workspace/big.bin')) {
+        const b = chunk as Buffer;
+        received += b.length;
+        hash.update(b);
+        tail = Buffer.concat([tail, b]).subarray(-3);
+      }
+      expect(received).toBe(size + 3);
+      expect(tail.toString()).toBe('end');
+      const expected = createHash('sha256');
+      const zeros = Buffer.alloc(1024 * 1024);
+      for (let i = 0; i < 600; i++) expected.update(zeros);
+      expected.update('end');
+      expect(hash.digest('hex')).toBe(expected.digest('hex'));
+    } finally {
+      await provider.destroy(runtimeId);
+    }
+  });
+
+  it('a file read cut off mid-way fails as unavailable instead of ending short', { timeout: 60_000 }, async () => {
+    const d = await startTestWorker();
+    const c = new RemoteWorkerClient({ workerId: 'w1', url: d.url, credential: { kind: 'signing_key', keys: [SIGNING_KEY] } });
+    try {
+      const p = await RemoteProvider.connect(c, 'mock', new TestLeases('w1').supplier);
+      const { runtimeId } = await p.spawn({ sandboxId: newSandboxId(), image: 'host', memoryMb: 64, vcpus: 1, ownerId: null, workerId: 'w1', env: {}, labels: {} });
+      await c.call('worker.exec', { ...refOf(runtimeId), ...shell('truncate -s 256M big.bin') });
+      const stream = await p.readFile(runtimeId, '/workspace/big.bin');
+      let received = 0;
+      const code = await codeOf(async () => {
+        for await (const chunk of stream) {
+          if (received === 0) d.server.closeAllConnections();
+          received += (chunk as Buffer).length;
+        }
+      });
+      expect(code).toBe('remote_worker_rpc_unavailable');
+      expect(received).toBeGreaterThan(0);
+      expect(received).toBeLessThan(256 * 1024 * 1024);
+      // Errors the worker knows before it starts are ordinary refusals.
+      expect(await codeOf(() => p.readFile(runtimeId, '/workspace/none.bin'))).toBe('not_found');
+      expect(await codeOf(() => p.readFile(runtimeId, '/workspace'))).toBe('bad_request');
+    } finally {
+      await c.close();
+      await d.stop();
+    }
   });
 
   it('streams the first exec chunk before the command ends', async () => {
