@@ -1,23 +1,38 @@
 #!/usr/bin/env bash
-# The two-process walk-through of docs/remote-workers.md on loopback: a control plane whose own
-# worker takes one sandbox, and one `stacyvm worker` process. The second spawn must land on the
-# remote worker; exec, files, logs, extend and destroy must work through the control plane.
-# Exits non-zero on the first failure. Needs a built dist/ (npm run build) and node; nothing else.
+# Runs the two-process walk-through of docs/remote-workers.md exactly as written (control plane
+# and `stacyvm worker` on loopback), then checks more against the same control plane: with its
+# own slot taken, a spawn must land on the remote worker, and exec (buffered and streamed),
+# files, logs, extend and destroy must work through the control plane.
+# Exits non-zero on the first failure. Needs a built dist/ (npm run build), node and curl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CLI="$PWD/dist/cli/main.js"
 [ -f "$CLI" ] || { echo "smoke: $CLI missing, run npm run build" >&2; exit 1; }
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/stacyvm-smoke-remote-XXXXXX")
-cp_pid=''
 w_pid=''
+# Stops a process group: TERM (a worker drains on the first), TERM again after 1 s (a worker
+# stops on the second), KILL if anything is left 10 s later.
+stop_group() {
+  kill -TERM -- "-$1" 2>/dev/null || return 0
+  for i in $(seq 55); do
+    kill -0 -- "-$1" 2>/dev/null || return 0
+    [ "$i" = 5 ] && kill -TERM -- "-$1" 2>/dev/null
+    sleep 0.2
+  done
+  echo "smoke: process group $1 ignored TERM; killing it" >&2
+  kill -KILL -- "-$1" 2>/dev/null || true
+}
 cleanup() {
   local rc=$?
-  [ -n "$w_pid" ] && kill -INT "$w_pid" 2>/dev/null && wait "$w_pid" 2>/dev/null || true
-  [ -n "$cp_pid" ] && kill -TERM "$cp_pid" 2>/dev/null && wait "$cp_pid" 2>/dev/null || true
+  [ -n "$w_pid" ] && stop_group "$w_pid"
+  if [ -f "$work/walk/background.pids" ]; then
+    for pid in $(tac "$work/walk/background.pids"); do stop_group "$pid"; done
+  fi
   if [ "$rc" -ne 0 ]; then
-    echo "--- control plane log" >&2; tail -n 40 "$work/cp.log" >&2 || true
-    echo "--- worker log" >&2; tail -n 40 "$work/worker.log" >&2 || true
+    for log in "$work"/walk/block*.log "$work/worker.log"; do
+      [ -f "$log" ] && { echo "--- $log" >&2; tail -n 40 "$log" >&2; }
+    done
   fi
   rm -rf "$work"
   exit "$rc"
@@ -42,34 +57,45 @@ wait_for() {
   local deadline=$((SECONDS + $1)) what=$2; shift 2
   until "$@" >/dev/null 2>&1; do
     [ $SECONDS -lt $deadline ] || fail "timed out waiting for $what"
-    for pid in $cp_pid $w_pid; do kill -0 "$pid" 2>/dev/null || fail "process $pid exited while waiting for $what"; done
+    [ -z "$w_pid" ] || kill -0 "$w_pid" 2>/dev/null || fail "the worker exited while waiting for $what"
     sleep 0.2
   done
 }
+free_port() { node -e 'const s=require("node:net").createServer().listen(0,"127.0.0.1",()=>{process.stdout.write(String(s.address().port));s.close()})'; }
 
-token=$(node -e 'process.stdout.write(require("node:crypto").randomBytes(24).toString("hex"))')
-printf '%s\n' "$token" > "$work/worker-token"
-common_env=(STACYVM_PROVIDERS_DEFAULT=mock STACYVM_PROVIDERS_OCI_ENABLED=false STACYVM_PROVIDERS_DOCKER_ENABLED=false STACYVM_LOGGING_FORMAT=json STACYVM_LOGGING_LEVEL=info)
+# Part 1: the walk-through of docs/remote-workers.md, block by block as written, with `stacyvm`
+# on PATH and its fixed ports moved to free ones. The processes see no STACYVM_* variables but
+# the ones the walk-through sets.
+mkdir -p "$work/bin" "$work/walk"
+printf '#!/bin/sh\nexec node %q "$@"\n' "$CLI" > "$work/bin/stacyvm"
+chmod +x "$work/bin/stacyvm"
+cp_port=$(free_port)
+rpc_port=$(free_port)
+node scripts/doc-walkthrough.mjs docs/remote-workers.md "7423=$cp_port" "7424=$rpc_port" > "$work/walk.sh"
+clean_env=()
+for v in $(compgen -e | grep '^STACYVM_' || true); do clean_env+=(-u "$v"); done
+step "running the walk-through of docs/remote-workers.md"
+(cd "$work/walk" && env "${clean_env[@]}" PATH="$work/bin:$PATH" bash "$work/walk.sh") || fail "the walk-through failed"
+CP="http://127.0.0.1:$cp_port"
 
-step "starting the control plane"
-env -u STACYVM_CONFIG "${common_env[@]}" STACYVM_DATA_DIR="$work/cp" STACYVM_SERVER_PORT=0 \
-  STACYVM_AUTH_WORKER_TOKENS="w1=$token" STACYVM_WORKER_MAX_SANDBOXES=1 \
-  node "$CLI" serve >"$work/cp.log" 2>&1 &
-cp_pid=$!
-cp_url() { grep -o '"url":"http://[^"]*"' "$work/cp.log" | head -n1 | sed 's/"url":"\(.*\)"/\1/'; }
-cp_listening() { [ -n "$(cp_url)" ]; }
-wait_for 30 "the control plane to listen" cp_listening
-CP=$(cp_url)
-step "control plane at $CP"
-
-step "starting worker w1"
-env -u STACYVM_CONFIG "${common_env[@]}" STACYVM_DATA_DIR="$work/w1" \
-  node "$CLI" worker --id w1 --control-plane "$CP" --listen 127.0.0.1:0 \
-  --worker-token-file "$work/worker-token" --providers mock --heartbeat-interval 1s >"$work/worker.log" 2>&1 &
+# Part 2: deeper checks against the same control plane. The walk-through drained w1, so w1
+# comes back as a new process (a restarted worker registers as online again).
+step "restarting the drained worker w1"
+old_worker=$(sed -n 2p "$work/walk/background.pids")
+stop_group "$old_worker"
+old_rpc=$(field "$(api GET /workers/w1)" capacity.rpc_url)
+env "${clean_env[@]}" STACYVM_PROVIDERS_DEFAULT=mock STACYVM_PROVIDERS_OCI_ENABLED=false STACYVM_PROVIDERS_DOCKER_ENABLED=false \
+  STACYVM_LOGGING_FORMAT=json STACYVM_LOGGING_LEVEL=info STACYVM_DATA_DIR="$work/w1-again" \
+  setsid node "$CLI" worker --id w1 --control-plane "$CP" --listen 127.0.0.1:0 \
+  --worker-token-file "$work/walk/w1.token" --providers mock --heartbeat-interval 1s >"$work/worker.log" 2>&1 &
 w_pid=$!
-worker_online() { [ "$(field "$(api GET /workers/w1)" status)" = online ] && [ -n "$(field "$(api GET /workers/w1)" capacity.rpc_url)" ]; }
-wait_for 30 "w1 to register" worker_online
-step "w1 registered with rpc_url $(field "$(api GET /workers/w1)" capacity.rpc_url)"
+worker_online() {
+  local w
+  w=$(api GET /workers/w1)
+  [ "$(field "$w" status)" = online ] && [ -n "$(field "$w" capacity.rpc_url)" ] && [ "$(field "$w" capacity.rpc_url)" != "$old_rpc" ]
+}
+wait_for 30 "w1 to register again" worker_online
+step "w1 registered again with rpc_url $(field "$(api GET /workers/w1)" capacity.rpc_url)"
 
 step "spawning: the first sandbox fills the control plane's own worker, the second goes to w1"
 local_sb=$(api POST /sandboxes '{"provider":"mock","ttl":"10m"}')
