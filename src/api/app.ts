@@ -94,7 +94,7 @@ export async function buildApp(options: BuildAppOptions): Promise<FastifyInstanc
         const scope = scopeOf(path);
         if (scope === 'worker') {
           const params = req.params as { workerID?: string } | undefined;
-          req.worker = await authenticateWorker(req, params?.workerID, ctx.workerAuth);
+          req.worker = await authenticateWorker(req, params?.workerID, ctx.workerAuth, config.worker.id);
         } else {
           req.caller = authenticateUser(req, scope, config.auth);
         }

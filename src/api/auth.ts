@@ -13,7 +13,8 @@ import type { Caller } from '../orchestrator/service.js';
 export interface WorkerAuth {
   /**
    * Resolves with the scopes the credential grants when `token` is a valid credential for
-   * `workerId`; throws StacyError `unauthorized` otherwise.
+   * `workerId` (every scope for a static token; an empty list grants nothing); throws
+   * StacyError `unauthorized` or `forbidden` otherwise.
    */
   authenticate(workerId: string, token: string): Promise<{ workerId: string; scopes: string[] }>;
 }
@@ -99,14 +100,28 @@ export function authenticateUser(req: FastifyRequest, scope: Exclude<RouteScope,
   return { userId, isAdmin: isAdminKey, requestId };
 }
 
-/** Verifies the worker credential on a /worker/{id}/… route; the id must match the path. */
-export async function authenticateWorker(req: FastifyRequest, pathWorkerId: string | undefined, workerAuth: WorkerAuth | undefined): Promise<WorkerIdentity> {
+/**
+ * Verifies the worker credential on a /worker/{id}/… route; the id must match the path and must
+ * not be `ownWorkerId`, the id this server registers itself under: that record and the leases
+ * it holds belong to this process, and a remote worker writing them (typically one started
+ * without an id of its own, so with the same default) would overwrite the server's own
+ * registration and extend its leases.
+ */
+export async function authenticateWorker(
+  req: FastifyRequest,
+  pathWorkerId: string | undefined,
+  workerAuth: WorkerAuth | undefined,
+  ownWorkerId?: string,
+): Promise<WorkerIdentity> {
   const { workerId, token } = workerCredential(req);
   if (workerId === undefined || token === undefined || token === '') {
     throw new StacyError('unauthorized', 'worker routes need X-Worker-ID and X-Worker-Token (or Authorization: Bearer)');
   }
   if (workerAuth === undefined) throw new StacyError('unauthorized', 'no worker credentials are configured on this server');
   const identity = await workerAuth.authenticate(workerId, token);
+  if (ownWorkerId !== undefined && identity.workerId === ownWorkerId) {
+    throw new StacyError('forbidden', `worker id ${JSON.stringify(ownWorkerId)} is this server's own worker; a remote worker needs an id of its own`);
+  }
   if (pathWorkerId !== undefined && identity.workerId !== pathWorkerId) {
     throw new StacyError('forbidden', `credential for worker ${JSON.stringify(identity.workerId)} cannot act as ${JSON.stringify(pathWorkerId)}`);
   }

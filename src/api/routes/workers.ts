@@ -85,10 +85,13 @@ export function workerRoutes(app: FastifyInstance, ctx: ApiContext): void {
   );
 }
 
-/** An empty scope list means an unscoped (shared or per-worker) token, which may do everything. */
-function requireScope(scopes: string[] | undefined, scope: string): void {
-  if (scopes === undefined || scopes.length === 0) return;
-  if (!scopes.includes(scope)) throw new StacyError('forbidden', `worker credential lacks scope ${scope}`);
+/**
+ * The credential must list `scope`. Static tokens come back from the verifier with every scope;
+ * an empty list is a signed token that grants nothing, never a wildcard (the worker RPC gate
+ * reads it the same way).
+ */
+function requireScope(scopes: readonly string[] | undefined, scope: string): void {
+  if (scopes === undefined || !scopes.includes(scope)) throw new StacyError('forbidden', `worker credential lacks scope ${scope}`);
 }
 
 export function quotaRoutes(app: FastifyInstance, ctx: ApiContext): void {

@@ -3,13 +3,16 @@ import type { FastifyInstance } from 'fastify';
 import { buildApp } from '../../../src/api/app.js';
 import { type WorkerAuth, safeEqual } from '../../../src/api/auth.js';
 import { StacyError } from '../../../src/core/errors.js';
+import { WORKER_SCOPES } from '../../../src/workerproto/index.js';
 import { testConfig } from '../../fixtures/config.js';
 import { FakeService } from './fake-service.js';
 
 const workerAuth: WorkerAuth = {
   async authenticate(workerId, token) {
-    if (workerId === 'w1' && token === 'tok-w1') return { workerId, scopes: [] };
+    if (workerId === 'w1' && token === 'tok-w1') return { workerId, scopes: [...WORKER_SCOPES] };
     if (workerId === 'w2' && token === 'tok-w2') return { workerId, scopes: ['worker:heartbeat'] };
+    if (workerId === 'w4' && token === 'tok-w4') return { workerId, scopes: [] };
+    if (workerId === 'local' && token === 'tok-local') return { workerId, scopes: [...WORKER_SCOPES] };
     throw new StacyError('unauthorized', 'invalid worker credential');
   },
 };
@@ -65,6 +68,13 @@ describe('auth matrix (auth enabled, admin key configured)', () => {
     expect(await status('POST', '/api/v1/worker/w1/leases/sb-1/renew', WORKER, { ttl: '2m' })).toBe(200);
     expect(await status('POST', '/api/v1/worker/w1/leases/held/renew', WORKER, { ttl: '2m' })).toBe(409);
     expect(await status('POST', '/api/v1/worker/w2/leases/sb-1/renew', { 'x-worker-id': 'w2', 'x-worker-token': 'tok-w2' }, { ttl: '2m' })).toBe(403);
+    // An empty scope list grants nothing; it is not a wildcard.
+    expect(await status('POST', '/api/v1/worker/w4/heartbeat', { 'x-worker-id': 'w4', 'x-worker-token': 'tok-w4' }, beat)).toBe(403);
+    expect(await status('POST', '/api/v1/worker/w4/leases/sb-1/renew', { 'x-worker-id': 'w4', 'x-worker-token': 'tok-w4' }, { ttl: '2m' })).toBe(403);
+    // The server's own worker id (worker.id, "local" here) is not a remote worker's to use.
+    expect(await status('POST', '/api/v1/worker/local/heartbeat', { 'x-worker-id': 'local', 'x-worker-token': 'tok-local' }, beat)).toBe(403);
+    expect(await status('POST', '/api/v1/worker/local/leases/sb-1/renew', { 'x-worker-id': 'local', 'x-worker-token': 'tok-local' }, { ttl: '2m' })).toBe(403);
+    expect(await status('POST', '/api/v1/worker/local/heartbeat', { 'x-worker-id': 'local', 'x-worker-token': 'bad' }, beat)).toBe(401);
   });
 
   it('quota writes need admin on the non-admin alias', async () => {
