@@ -56,6 +56,8 @@ export const SandboxWire = Type.Object({
   expires_at: Type.String(),
   metadata: StringMap,
   preview_domain: Type.Optional(Type.String()),
+  /** Why the sandbox is in its state (unhealthy, destroyed, error, …), when there is a reason. */
+  state_reason: Type.Optional(Type.String()),
 });
 
 export const SchedulerWire = Type.Object({
@@ -392,6 +394,7 @@ export function sandboxOut(s: SandboxRecord, previewDomain: string): Static<type
   if (s.ownerId !== null) out.owner_id = s.ownerId;
   if (s.workerId !== null) out.worker_id = s.workerId;
   if (previewDomain !== '') out.preview_domain = `${s.id}.${previewDomain}`;
+  if (s.stateReason !== null) out.state_reason = s.stateReason;
   return out;
 }
 

@@ -108,7 +108,6 @@ export class Maintenance {
     });
   }
 
-  /** Forgets terminal records older than the retention window. */
   /**
    * Local sandboxes, and those of remote workers this server drives (an rpc_url) or whose worker
    * went stale. Another server's own sandboxes (a shared store) are left to that server.
@@ -120,6 +119,7 @@ export class Maintenance {
     return (worker.capacity.rpcUrl !== undefined && worker.capacity.rpcUrl !== '') || isStale(worker, now, this.ctx.config.workers.staleAfterMs);
   }
 
+  /** Forgets terminal records older than the retention window. */
   private async forgetOld(): Promise<number> {
     const cutoff = this.ctx.clock.now() - this.ctx.config.server.recordRetentionMs;
     const old = await this.ctx.store.listSandboxes({ states: TERMINAL_SANDBOX_STATES });
@@ -284,6 +284,8 @@ export class Maintenance {
         const record = await this.ctx.store.getSandbox(info.sandboxId);
         if (record === undefined || TERMINAL_SANDBOX_STATES.includes(record.state) || record.workerId !== worker.id) {
           await bounded(provider.destroy(info.runtimeId), `destroy on worker ${worker.id}`);
+          // The destroy acquired a lease for the worker; nothing owns this sandbox any more.
+          await this.ctx.releaseLease(info.sandboxId, worker.id);
           this.ctx.log.info({ workerId: worker.id, runtimeId: info.runtimeId }, 'removed a worker runtime whose sandbox is finished or unknown');
           continue;
         }
@@ -351,7 +353,33 @@ export class Maintenance {
         this.ctx.log.warn({ err, sandboxId: record.id }, 'reconcile: could not settle sandbox');
       }
     }
+    await this.settleInterruptedRemoteSpawns(all);
     await this.reconcileInventory(all, reachable);
+  }
+
+  /**
+   * Remote spawns this control plane was waiting on when it stopped (records still `creating` on
+   * a worker it drives). The caller never got them, so, as with local ones, they are finished
+   * rather than guessed at. The worker may have made the runtime anyway (its reply was lost):
+   * the worker is put on the away list, so the next background pass reads its inventory and
+   * removes every runtime whose sandbox is finished.
+   */
+  private async settleInterruptedRemoteSpawns(records: SandboxRecord[]): Promise<void> {
+    const now = this.ctx.clock.now();
+    for (const record of records) {
+      if (record.state !== 'creating' || !this.ctx.isRemote(record) || !(await this.reapableHere(record, now))) continue;
+      const workerId = record.workerId as string;
+      const reason = 'interrupted while creating (control plane restarted)';
+      try {
+        await this.ctx.store.updateSandbox(record.id, { state: 'destroyed', stateReason: reason, updatedAt: now });
+        await this.ctx.releaseLease(record.id, workerId);
+        this.awayWorkers.add(workerId);
+        this.ctx.log.info({ sandboxId: record.id, workerId, reason }, 'reconcile: remote sandbox marked destroyed');
+        this.ctx.emit('sandbox.destroyed', { sandboxId: record.id, workerId, data: { provider: record.provider, ownerId: record.ownerId, reason } });
+      } catch (err) {
+        this.ctx.log.warn({ err, sandboxId: record.id }, 'reconcile: could not settle an interrupted remote spawn');
+      }
+    }
   }
 
   private async reconcileRecord(record: SandboxRecord, reachable: Map<string, boolean>): Promise<void> {
