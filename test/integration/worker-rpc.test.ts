@@ -23,6 +23,7 @@ import {
   type WorkerMethod,
 } from '../../src/workerproto/index.js';
 import { RemoteProvider, RemoteWorkerClient, type RemoteWorkerTlsOptions } from '../../src/worker/rpc-client.js';
+import { makeTestPki } from '../fixtures/tls.js';
 import { hasBinary, hostSupports } from '../host.js';
 import { SIGNING_KEY, TestLeases, startTestWorker, type TestWorker } from './worker-harness.js';
 
@@ -454,18 +455,7 @@ describe.skipIf(!hostSupports('worker RPC mTLS', hasBinary('openssl')))('mTLS', 
 
   beforeAll(async () => {
     dir = mkdtempSync(join(tmpdir(), 'stacyvm-mtls-'));
-    const ssl = (...args: string[]) => execFileSync('openssl', args, { cwd: dir, stdio: 'pipe' });
-    const ca = (name: string) => ssl('req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', `${name}.key`, '-out', `${name}.crt`, '-days', '2', '-subj', `/CN=${name}`);
-    const leaf = (name: string, signer: string, ext: string) => {
-      writeFileSync(join(dir, `${name}.ext`), ext);
-      ssl('req', '-newkey', 'rsa:2048', '-nodes', '-keyout', `${name}.key`, '-out', `${name}.csr`, '-subj', `/CN=${name}`);
-      ssl('x509', '-req', '-in', `${name}.csr`, '-CA', `${signer}.crt`, '-CAkey', `${signer}.key`, '-CAcreateserial', '-out', `${name}.crt`, '-days', '2', '-extfile', `${name}.ext`);
-    };
-    ca('ca');
-    ca('rogue-ca');
-    leaf('server', 'ca', 'subjectAltName=IP:127.0.0.1,DNS:worker.test\nextendedKeyUsage=serverAuth\n');
-    leaf('client', 'ca', 'extendedKeyUsage=clientAuth\n');
-    leaf('rogue', 'rogue-ca', 'extendedKeyUsage=clientAuth\n');
+    makeTestPki(dir);
     w = await startTestWorker({ tls: { cert: pem('server.crt'), key: pem('server.key'), clientCa: pem('ca.crt') } });
   });
   afterAll(async () => {
