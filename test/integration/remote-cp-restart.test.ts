@@ -10,7 +10,7 @@ import { existsSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { RemoteWorkerClient } from '../../src/worker/rpc-client.js';
 import { hostSupports } from '../host.js';
-import { WORKER_TOKEN, startRemoteCluster, type RemoteCluster } from './remote-harness.js';
+import { WORKER_TOKEN, startRemoteCluster, until, type RemoteCluster } from './remote-harness.js';
 import { CLI, call, startServerProcess, type ServerProcess } from './server-process.js';
 
 const built = () => (existsSync(CLI) ? null : `${CLI} is not built (npm run build)`);
@@ -20,14 +20,6 @@ interface Sandbox {
   state: string;
   worker_id?: string;
   state_reason?: string;
-}
-
-async function until(what: string, check: () => Promise<boolean>, ms = 30_000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 200));
-  }
 }
 
 /** Whether a host process's command line contains `marker` (mock sandboxes run as host processes). */

@@ -10,6 +10,15 @@ import { CLI, call, makeDataDir, removeDir, startServerProcess, type ServerProce
 
 export const WORKER_TOKEN = 'remote-harness-worker-token';
 
+/** Polls `check` every 200 ms until it returns true; fails naming `what` after `ms`. */
+export async function until(what: string, check: () => Promise<boolean>, ms = 30_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
 const START_TIMEOUT_MS = 30_000;
 const STOP_TIMEOUT_MS = 15_000;
 

@@ -11,7 +11,7 @@ import { toIso } from '../../src/core/clock.js';
 import { newSandboxId } from '../../src/core/ids.js';
 import { RemoteWorkerClient } from '../../src/worker/rpc-client.js';
 import { hostSupports } from '../host.js';
-import { WORKER_TOKEN, startRemoteCluster, type RemoteCluster } from './remote-harness.js';
+import { WORKER_TOKEN, startRemoteCluster, until, type RemoteCluster } from './remote-harness.js';
 import { CLI, call } from './server-process.js';
 
 const built = () => (existsSync(CLI) ? null : `${CLI} is not built (npm run build)`);
@@ -20,15 +20,6 @@ interface Sandbox {
   id: string;
   state: string;
   worker_id?: string;
-}
-
-/** Polls `check` every 200 ms until it returns true; fails after `ms`. */
-async function until(what: string, check: () => Promise<boolean>, ms = 30_000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 200));
-  }
 }
 
 function clientFor(cluster: RemoteCluster, workerId: string): RemoteWorkerClient {
