@@ -4,7 +4,9 @@
  *   the same exec on a mock provider called directly (interleaved), p50/p99 and the added ms;
  *   also the buffered `worker.exec` method;
  * - exec-stream throughput: a command writing BENCH_STREAM_MB MiB to stdout, read through the
- *   relay (NDJSON, base64) and directly.
+ *   relay (NDJSON, base64) and directly;
+ * - file-read throughput: a file of the same size read through `worker.file_read` (chunked
+ *   NDJSON) and directly.
  * Prints one JSON document.
  *
  * The worker runs in this process by default; BENCH_WORKER=process runs it as a child process
@@ -127,6 +129,22 @@ async function main(): Promise<void> {
   const streamRemote = await throughput(remote, remoteRt);
   const streamLocal = await throughput(localMock, localRt);
 
+  // The same amount as a file, read through worker.file_read's chunked relay and directly.
+  const makeFile: ExecRequest = { command: `head -c ${size} /dev/zero > big.bin`, args: [], mode: 'shell', env: {}, timeoutMs: 300_000 };
+  await drain(remote, remoteRt, makeFile);
+  await drain(localMock, localRt, makeFile);
+  const readThroughput = async (provider: Provider, rt: string) => {
+    const t0 = performance.now();
+    let bytes = 0;
+    for await (const chunk of await provider.readFile(rt, '/workspace/big.bin')) bytes += (chunk as Buffer).length;
+    const seconds = (performance.now() - t0) / 1000;
+    if (bytes !== size) throw new Error(`expected ${size} bytes, got ${bytes}`);
+    return round(bytes / 1024 / 1024 / seconds);
+  };
+  await readThroughput(remote, remoteRt); // warm
+  const readRemote = await readThroughput(remote, remoteRt);
+  const readLocal = await readThroughput(localMock, localRt);
+
   console.log(
     JSON.stringify(
       {
@@ -139,6 +157,7 @@ async function main(): Promise<void> {
           added_ms: { stream_p50: round(r.p50_ms - l.p50_ms), stream_p99: round(r.p99_ms - l.p99_ms), buffered_p50: round(u.p50_ms - l.p50_ms), buffered_p99: round(u.p99_ms - l.p99_ms) },
         },
         exec_stream_throughput_mib_s: { stream_mib: STREAM_MB, remote_relay: streamRemote, local_mock: streamLocal },
+        file_read_throughput_mib_s: { file_mib: STREAM_MB, remote_relay: readRemote, local_mock: readLocal },
       },
       null,
       2,
