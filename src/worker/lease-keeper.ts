@@ -5,7 +5,8 @@
  * the sandbox while this worker is still creating its runtime.
  *
  * The worker is the lease's holder, so it renews it itself through the control plane
- * (`POST /api/v1/worker/{id}/leases/{resource}/renew`) every third of the lease's lifetime and
+ * (`POST /api/v1/worker/{id}/leases/{resource}/renew`, asking for 90% of the lifetime the lease
+ * had when the call arrived) every third of that lifetime and
  * feeds each renewed lease into its own fence, which raises the floor to the new generation.
  * An operation ends fenced out when the control plane refused a renewal (the store no longer
  * lists this worker as an unexpired holder) or when the last lease it knows of expired before
@@ -52,6 +53,8 @@ export interface Kept<T> {
 
 /** Renewals never come closer together than this, however short the lease. */
 const MIN_RENEW_INTERVAL_MS = 100;
+/** Share of the lease's observed lifetime each renewal asks for. */
+const RENEW_TTL_SHARE = 0.9;
 
 export class LeaseKeeper {
   private readonly timers: KeeperTimers;
@@ -73,6 +76,10 @@ export class LeaseKeeper {
     let expiresAt = Date.parse(lease.expires_at);
     const ttlMs = expiresAt - clock.now();
     const every = Math.max(MIN_RENEW_INTERVAL_MS, Math.floor(ttlMs / 3));
+    // The control plane refuses a TTL above its maximum (worker.lease_ttl or more); asking for a
+    // little less than the lifetime seen here keeps a worker clock running somewhat behind the
+    // control plane's from asking for more than it grants.
+    const askMs = Math.max(MIN_RENEW_INTERVAL_MS, Math.floor(ttlMs * RENEW_TTL_SHARE));
     let refused: string | undefined;
     let done = false;
     let handle: unknown;
@@ -81,7 +88,7 @@ export class LeaseKeeper {
     const renewOnce = async (): Promise<void> => {
       let renewed: WireLease;
       try {
-        renewed = await this.options.renew(resourceId, ttlMs);
+        renewed = await this.options.renew(resourceId, askMs);
       } catch (err) {
         if (isStacyError(err, 'lease_conflict') || isStacyError(err, 'not_found')) {
           refused = `the control plane refused to renew the lease on ${resourceId}: ${err.message}`;

@@ -26,9 +26,9 @@ import { CLI, call, makeDataDir, removeDir } from './server-process.js';
 
 const built = () => (existsSync(CLI) ? null : `${CLI} is not built (npm run build)`);
 
-const LEASE_TTL_MS = 3_000;
+const LEASE_TTL_MS = 4_000;
 /** How long the slow provider's spawn takes: several lease lifetimes. */
-const SPAWN_DELAY_MS = 4 * LEASE_TTL_MS;
+const SPAWN_DELAY_MS = 3 * LEASE_TTL_MS;
 
 /** The mock provider with a spawn that first waits, as if pulling an image. */
 function slowSpawning(inner: MockProvider, delayMs: number): Provider {
