@@ -73,8 +73,8 @@ describe('FileFenceJournal', () => {
   });
 
   it('a journal that cannot be written refuses the call instead of admitting it unrecorded', () => {
-    const f = new LeaseFence('w1', clock, { journal: new FileFenceJournal(join(dir, 'missing-parent-is-a-file', 'j.json'), 'w1') });
-    writeFileSync(join(dir, 'missing-parent-is-a-file'), 'x');
+    const f = new LeaseFence('w1', clock, { journal: new FileFenceJournal(join(dir, 'not-a-dir', 'j.json'), 'w1') });
+    writeFileSync(join(dir, 'not-a-dir'), 'x');
     expect(codeOf(() => f.admit(lease(1), SB))).toBe('unavailable');
     expect(f.highestGeneration(SB)).toBeUndefined();
   });
