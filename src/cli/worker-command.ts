@@ -158,6 +158,8 @@ export async function workerDaemonFromFlags(
     capacity: { maxSandboxes, ...(perOwner > 0 ? { maxSandboxesPerOwner: perOwner } : {}), ...(previewDomain !== '' ? { previewDomain } : {}) },
     hostname: hostname(),
     logger,
+    // The lease fence's floors survive a restart here.
+    dataDir: config.dataDir,
   });
 }
 

@@ -32,7 +32,7 @@ const MiB = 1024 * 1024;
 
 /** Every key, in documentation order. */
 export const CONFIG_KEYS = [
-  { path: 'data_dir', kind: 'string', default: './.stacyvm', doc: 'Where images and per-sandbox state live; relative paths resolve against the working directory.' },
+  { path: 'data_dir', kind: 'string', default: './.stacyvm', doc: 'Where images, per-sandbox state and a worker\'s lease fence live; relative paths resolve against the working directory.' },
 
   { path: 'server.host', kind: 'string', default: '127.0.0.1', doc: 'Address the HTTP API listens on.' },
   { path: 'server.port', kind: 'int', default: 7423, min: 0, max: 65535, doc: 'TCP port of the HTTP API; 0 picks a free port.' },

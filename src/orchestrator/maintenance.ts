@@ -7,7 +7,7 @@
 import { formatDuration } from '../core/duration.js';
 import { isStacyError, StacyError } from '../core/errors.js';
 import { newSandboxId, SANDBOX_ID_PATTERN } from '../core/ids.js';
-import { type SandboxRecord, type SandboxState, type WorkerRecord, ACTIVE_SANDBOX_STATES, TERMINAL_SANDBOX_STATES } from '../core/types.js';
+import { type LeaseRecord, type SandboxRecord, type SandboxState, type WorkerRecord, ACTIVE_SANDBOX_STATES, TERMINAL_SANDBOX_STATES } from '../core/types.js';
 import type { Provider } from '../providers/provider.js';
 import { isStale } from './scheduler.js';
 import { bounded, HEALTH_TIMEOUT_MS, OPERABLE_STATES, type OrchestratorContext } from './context.js';
@@ -33,6 +33,8 @@ export class Maintenance {
   private readonly awaitingProvider = new Set<string>();
   /** Remote workers whose sandboxes were made unhealthy; reconciled once they heartbeat again. */
   private readonly awayWorkers = new Set<string>();
+  /** Per remote worker, sandboxes whose renewed lease the worker has not been told about yet. */
+  private readonly unpushed = new Map<string, Set<string>>();
   /** Background passes since the last inventory sweep of fresh remote workers. */
   private passesSinceSweep = 0;
   private stopped = false;
@@ -242,7 +244,7 @@ export class Maintenance {
         if (stale) await this.markAway(w.id, now);
         else {
           await this.recoverWorker(w, sweep);
-          await this.keepRemoteLeases(w.id);
+          await this.keepRemoteLeases(w);
         }
       } catch (err) {
         this.ctx.log.warn({ err, workerId: w.id }, 'could not settle the sandboxes of a remote worker');
@@ -305,16 +307,67 @@ export class Maintenance {
     this.awayWorkers.delete(worker.id);
   }
 
-  /** Renews the leases a fresh remote worker holds on its live sandboxes before they lapse. */
-  private async keepRemoteLeases(workerId: string): Promise<void> {
-    const records = await this.ctx.store.listSandboxes({ states: OPERABLE_STATES, workerId });
+  /**
+   * Renews the leases a fresh remote worker holds on its live sandboxes before they lapse, and
+   * presents each renewed lease to the worker (`worker.renew_lease`) so its fence refuses the
+   * older generations from then on. A worker that cannot be told is told on a later pass (with
+   * the lease then in force); neither failure stops the pass.
+   */
+  private async keepRemoteLeases(worker: WorkerRecord): Promise<void> {
+    const records = await this.ctx.store.listSandboxes({ states: OPERABLE_STATES, workerId: worker.id });
+    const live = new Set(records.map((r) => r.id));
+    const owed = this.unpushed.get(worker.id);
+    if (owed !== undefined) for (const id of owed) if (!live.has(id)) owed.delete(id);
     if (records.length === 0) return;
-    const leases = new Map((await this.ctx.store.listLeases({ holderId: workerId })).map((l) => [l.resourceId, l]));
+    const leases = new Map((await this.ctx.store.listLeases({ holderId: worker.id })).map((l) => [l.resourceId, l]));
     const now = await this.ctx.store.now();
+    // After one failed push the worker is not called again this pass: a hung worker would make
+    // every push wait out its bound.
+    let reachable = true;
     for (const record of records) {
-      const lease = leases.get(record.id);
-      if (lease !== undefined && lease.expiresAt - now > this.ctx.leaseTtl() / 2) continue;
-      await this.ctx.acquireLease(record.id, workerId);
+      if (this.stopped) return;
+      let lease = leases.get(record.id);
+      const fresh = lease !== undefined && lease.expiresAt - now > this.ctx.leaseTtl() / 2;
+      if (fresh && owed?.has(record.id) !== true) continue;
+      try {
+        if (!fresh) lease = await this.ctx.acquireLease(record.id, worker.id);
+      } catch (err) {
+        this.ctx.log.warn({ err, sandboxId: record.id, workerId: worker.id }, 'could not keep the lease of a remote sandbox');
+        continue;
+      }
+      if (reachable) reachable = await this.pushLease(worker, lease as LeaseRecord);
+      else this.owe(worker.id, record.id);
+    }
+  }
+
+  private owe(workerId: string, sandboxId: string): void {
+    let owed = this.unpushed.get(workerId);
+    if (owed === undefined) this.unpushed.set(workerId, (owed = new Set()));
+    owed.add(sandboxId);
+  }
+
+  /**
+   * Tells the worker about a renewed lease; a failure is remembered so the next pass tries
+   * again. Returns false when the worker could not be reached.
+   */
+  private async pushLease(worker: WorkerRecord, lease: LeaseRecord): Promise<boolean> {
+    const remote = this.ctx.remote;
+    if (remote === undefined) return false;
+    const owed = this.unpushed.get(worker.id);
+    try {
+      await bounded(remote.pushLease(worker, lease), `renew_lease on worker ${worker.id}`);
+      owed?.delete(lease.resourceId);
+      return true;
+    } catch (err) {
+      if (isStacyError(err, 'lease_conflict')) {
+        // The worker already accepted a newer generation (a spawn, destroy or its own renewal).
+        owed?.delete(lease.resourceId);
+        this.ctx.log.debug({ sandboxId: lease.resourceId, workerId: worker.id, generation: lease.generation }, 'worker already fences a newer lease generation');
+        return true;
+      }
+      this.owe(worker.id, lease.resourceId);
+      this.ctx.log.warn({ err, sandboxId: lease.resourceId, workerId: worker.id }, 'could not tell the worker about its renewed lease; retrying on the next pass');
+      return false;
     }
   }
 

@@ -5,7 +5,7 @@ import type { Clock } from '../core/clock.js';
 import type { Config } from '../config/types.js';
 import type { Provider } from '../providers/provider.js';
 import type { Store } from '../store/store.js';
-import type { WorkerRecord } from '../core/types.js';
+import type { LeaseRecord, WorkerRecord } from '../core/types.js';
 
 /** The subset of a pino logger the orchestrator uses. */
 export interface OrchestratorLogger {
@@ -23,6 +23,12 @@ export interface RemoteWorkers {
   provider(worker: WorkerRecord, provider: string): Promise<Provider>;
   /** Sends `worker.shutdown`: the worker refuses new spawns and reports `draining`. */
   drain(worker: WorkerRecord): Promise<void>;
+  /**
+   * Sends `worker.renew_lease` with `lease` (holder = the worker), so the worker's fence learns
+   * the generation the store now holds and refuses older ones. Throws what the worker or the
+   * transport reported (`lease_conflict` when the worker has already seen a newer generation).
+   */
+  pushLease(worker: WorkerRecord, lease: LeaseRecord): Promise<void>;
 }
 
 export interface OrchestratorOptions {

@@ -7,6 +7,11 @@
  * spawns while existing sandboxes keep working, and a heartbeat reporting `draining` goes out
  * at once rather than at the next tick. `stop()` sends a last `offline` heartbeat and closes the
  * RPC listener; runtimes keep running so a restarted worker picks them up again.
+ *
+ * Leases: with a data dir the fence's floors are journalled there, so a restarted worker still
+ * refuses generations older than ones it accepted before. While a spawn or destroy runs, the
+ * daemon renews its lease through the control plane and raises its fence with each renewal
+ * (LeaseKeeper).
  */
 import { Pool, type Dispatcher } from 'undici';
 import { pino, type Logger } from 'pino';
@@ -15,8 +20,11 @@ import { systemClock, type Clock } from '../core/clock.js';
 import { newId } from '../core/ids.js';
 import type { WorkerStatus } from '../core/types.js';
 import type { Provider } from '../providers/provider.js';
-import { WorkerAuthenticator, fromWireError, isErrorCode, type WorkerAuthSettings } from '../workerproto/index.js';
+import { formatDuration } from '../core/duration.js';
+import { LeaseFence, WorkerAuthenticator, fromWireError, isErrorCode, type WireLease, type WorkerAuthSettings } from '../workerproto/index.js';
 import { CredentialSource, type WorkerCredential } from './credentials.js';
+import { FileFenceJournal, fenceJournalPath } from './fence-journal.js';
+import { LeaseKeeper, type KeeperTimers } from './lease-keeper.js';
 import { WorkerNode, type WorkerCapacityOptions } from './node.js';
 import { WorkerRpcServer, type WorkerRpcTlsOptions } from './rpc-server.js';
 
@@ -48,14 +56,21 @@ export interface WorkerDaemonOptions {
   clock?: Clock;
   /** Bound on one heartbeat request. Default 10 s. */
   heartbeatTimeoutMs?: number;
+  /** Where the lease fence is journalled (`<dataDir>/worker-<id>.lease-fence.json`); in memory only when omitted. */
+  dataDir?: string;
+  /** Timers of the lease keeper (tests drive them by hand). */
+  keeperTimers?: KeeperTimers;
 }
 
 export class WorkerDaemon {
   readonly node: WorkerNode;
+  /** The fence every lease-required RPC passes; renewals of long operations raise it too. */
+  readonly fence: LeaseFence;
   private readonly log: Logger;
   private readonly credentials: CredentialSource;
   private readonly controlPlane: Pool;
   private readonly heartbeatPath: string;
+  private readonly workerPath: string;
   private server: WorkerRpcServer | undefined;
   private timer: NodeJS.Timeout | undefined;
   private inflight: Promise<void> | undefined;
@@ -78,7 +93,8 @@ export class WorkerDaemon {
     } catch {
       throw new StacyError('bad_request', `control-plane URL ${JSON.stringify(options.controlPlaneUrl)} is not a URL`);
     }
-    this.heartbeatPath = `${base.pathname.replace(/\/+$/, '')}/api/v1/worker/${encodeURIComponent(options.workerId)}/heartbeat`;
+    this.workerPath = `${base.pathname.replace(/\/+$/, '')}/api/v1/worker/${encodeURIComponent(options.workerId)}`;
+    this.heartbeatPath = `${this.workerPath}/heartbeat`;
     const tls = options.controlPlaneTls;
     this.controlPlane = new Pool(base.origin, {
       connections: 2,
@@ -89,6 +105,19 @@ export class WorkerDaemon {
         ...(tls?.key !== undefined ? { key: tls.key } : {}),
       },
     });
+    this.fence = new LeaseFence(options.workerId, this.clock, {
+      ...(options.dataDir !== undefined ? { journal: new FileFenceJournal(fenceJournalPath(options.dataDir, options.workerId), options.workerId) } : {}),
+      isLive: (id) => this.node.hasSandbox(id),
+    });
+    this.node.setLeaseKeeper(
+      new LeaseKeeper({
+        fence: this.fence,
+        renew: (resourceId, ttlMs) => this.renewLease(resourceId, ttlMs),
+        clock: this.clock,
+        logger: this.log,
+        ...(options.keeperTimers !== undefined ? { timers: options.keeperTimers } : {}),
+      }),
+    );
     // A drain must reach the control plane now: it stops placing sandboxes here only once it knows.
     this.node.onDrain(() => {
       this.log.info('draining: refusing new sandboxes, existing ones keep running');
@@ -120,7 +149,37 @@ export class WorkerDaemon {
     }
     const text = await res.body.text().catch(() => '');
     if (res.statusCode >= 200 && res.statusCode < 300) return;
-    throw errorFromControlPlane(res.statusCode, text);
+    throw errorFromControlPlane(res.statusCode, text, 'heartbeat');
+  }
+
+  /**
+   * Renews this worker's lease on `resourceId` through the control plane
+   * (`POST …/worker/{id}/leases/{resource}/renew`) and returns it in wire form. The control
+   * plane's refusal comes back as its StacyError (`lease_conflict` when this worker no longer
+   * holds an unexpired lease); an unreachable control plane is `unavailable`.
+   */
+  async renewLease(resourceId: string, ttlMs: number): Promise<WireLease> {
+    const timeout = this.options.heartbeatTimeoutMs ?? 10_000;
+    let res: Dispatcher.ResponseData;
+    try {
+      res = await this.controlPlane.request({
+        path: `${this.workerPath}/leases/${encodeURIComponent(resourceId)}/renew`,
+        method: 'POST',
+        headers: { ...(await this.credentials.headers('worker:control-plane')), 'content-type': 'application/json', 'x-request-id': newId('req') },
+        body: JSON.stringify({ ttl: formatDuration(Math.max(1, Math.round(ttlMs))) }),
+        headersTimeout: timeout,
+        bodyTimeout: timeout,
+      });
+    } catch (err) {
+      throw new StacyError('unavailable', `control plane ${this.options.controlPlaneUrl} is unreachable: ${(err as { code?: string }).code ?? String(err)}`, { cause: err });
+    }
+    const text = await res.body.text().catch(() => '');
+    if (res.statusCode < 200 || res.statusCode >= 300) throw errorFromControlPlane(res.statusCode, text, 'lease renewal');
+    const lease = (JSON.parse(text) as { lease?: Partial<WireLease> }).lease;
+    if (lease === undefined || typeof lease.resource_id !== 'string' || typeof lease.holder_id !== 'string' || typeof lease.generation !== 'number' || typeof lease.expires_at !== 'string') {
+      throw new StacyError('internal', 'control plane answered the lease renewal without a lease');
+    }
+    return { resource_id: lease.resource_id, holder_id: lease.holder_id, generation: lease.generation, expires_at: lease.expires_at };
   }
 
   /**
@@ -129,9 +188,13 @@ export class WorkerDaemon {
    */
   async start(): Promise<void> {
     await this.node.loadInventory();
+    // Floors of sandboxes gone while the worker was down, whose leases expired long ago.
+    const dropped = this.fence.prune();
+    this.log.info({ resources: this.fence.size, dropped }, 'lease fence loaded');
     if (this.options.listen !== undefined) {
       this.server = new WorkerRpcServer({
         node: this.node,
+        fence: this.fence,
         authenticator: this.options.rpcAuth instanceof WorkerAuthenticator ? this.options.rpcAuth : new WorkerAuthenticator(this.options.rpcAuth, this.clock),
         clock: this.clock,
         logger: this.log,
@@ -205,7 +268,7 @@ export class WorkerDaemon {
 }
 
 /** The control plane's error body (`{code, message}` or `{error:{code, message}}`) as a StacyError. */
-function errorFromControlPlane(status: number, text: string): StacyError {
+function errorFromControlPlane(status: number, text: string, what: string): StacyError {
   let parsed: unknown;
   try {
     parsed = JSON.parse(text);
@@ -215,5 +278,5 @@ function errorFromControlPlane(status: number, text: string): StacyError {
   const p = parsed as { code?: unknown; message?: unknown; error?: { code?: unknown; message?: unknown } } | undefined;
   const e = p?.error ?? p;
   if (e !== undefined && e !== null && isErrorCode(e.code) && typeof e.message === 'string') return fromWireError({ code: e.code, message: `control plane: ${e.message}` });
-  return new StacyError(status >= 500 ? 'unavailable' : 'internal', `control plane answered ${status} to the heartbeat`);
+  return new StacyError(status >= 500 ? 'unavailable' : 'internal', `control plane answered ${status} to the ${what}`);
 }

@@ -16,7 +16,8 @@ import { formatDuration, parseDuration } from '../core/duration.js';
 import { toIso } from '../core/clock.js';
 import type { WorkerStatus } from '../core/types.js';
 import type { ExecEvent, FileEntry, Provider } from '../providers/provider.js';
-import type { AnyRpcRequest, ParamsOf, ResultOf } from '../workerproto/index.js';
+import type { AnyRpcRequest, ParamsOf, ResultOf, WireLease, WorkerMethod } from '../workerproto/index.js';
+import type { LeaseKeeper } from './lease-keeper.js';
 
 export interface WorkerCapacityOptions {
   maxSandboxes?: number;
@@ -33,6 +34,8 @@ export interface WorkerNodeOptions {
   capacity?: WorkerCapacityOptions;
   /** Output kept per stream by the buffered `worker.exec`; the rest is cut. Default 10 MiB. */
   maxExecOutputBytes?: number;
+  /** Keeps the lease of a spawn or destroy alive while it runs (the daemon renews through the control plane). */
+  leaseKeeper?: LeaseKeeper;
 }
 
 type ExecParams = ParamsOf<'worker.exec'>;
@@ -57,6 +60,7 @@ export class WorkerNode {
   private readonly byRuntime = new Map<string, string>();
   private readonly spawning = new Map<string, Promise<ResultOf<'worker.spawn'>>>();
   private readonly drainListeners: Array<() => void> = [];
+  private leaseKeeper: LeaseKeeper | undefined;
 
   constructor(options: WorkerNodeOptions) {
     this.workerId = options.workerId;
@@ -67,6 +71,17 @@ export class WorkerNode {
     this.hostname = options.hostname ?? osHostname();
     this.capacity = { ...options.capacity };
     this.maxExecOutputBytes = options.maxExecOutputBytes ?? DEFAULT_MAX_EXEC_OUTPUT;
+    this.leaseKeeper = options.leaseKeeper;
+  }
+
+  /** Sets how leases of long operations are kept alive (the daemon builds it after the node). */
+  setLeaseKeeper(keeper: LeaseKeeper): void {
+    this.leaseKeeper = keeper;
+  }
+
+  /** Whether this worker has a runtime for the sandbox or is creating one (its lease floor must be kept). */
+  hasSandbox(sandboxId: string): boolean {
+    return this.bySandbox.has(sandboxId) || this.spawning.has(sandboxId);
   }
 
   /** Learns the runtimes the providers already run (a restarted worker), so their sandboxes stay reachable. */
@@ -140,9 +155,9 @@ export class WorkerNode {
         // The gate has fenced the lease; what is in force is exactly what was admitted.
         return { ...(request.lease as NonNullable<typeof request.lease>) };
       case 'worker.spawn':
-        return this.spawn(request.params);
+        return this.spawn(request.params, request.lease);
       case 'worker.destroy':
-        return this.destroy(request.params);
+        return this.destroy(request.params, request.lease);
       case 'worker.status': {
         const { provider, runtimeId } = this.resolve(request.params);
         if (runtimeId === undefined) return { status: 'missing' };
@@ -256,7 +271,7 @@ export class WorkerNode {
     throw new StacyError('provider_error', `command in ${params.sandbox_id} ended without an exit event`);
   }
 
-  private async spawn(p: ParamsOf<'worker.spawn'>): Promise<ResultOf<'worker.spawn'>> {
+  private async spawn(p: ParamsOf<'worker.spawn'>, lease: WireLease | undefined): Promise<ResultOf<'worker.spawn'>> {
     const existing = this.bySandbox.get(p.sandbox_id);
     if (existing !== undefined) {
       const provider = this.providers.get(existing.provider);
@@ -275,17 +290,28 @@ export class WorkerNode {
     }
     const provider = this.providerOf(p.provider);
     const run = (async () => {
-      const { runtimeId } = await provider.spawn({
-        sandboxId: p.sandbox_id,
-        image: p.image,
-        memoryMb: p.memory_mb,
-        vcpus: p.vcpus,
-        ownerId: p.owner_id,
-        workerId: this.workerId,
-        env: { ...p.env },
-        ...(p.network_mode !== undefined ? { networkMode: p.network_mode } : {}),
-        labels: { ...p.labels },
-      });
+      const { value, lost } = await this.kept(lease, () =>
+        provider.spawn({
+          sandboxId: p.sandbox_id,
+          image: p.image,
+          memoryMb: p.memory_mb,
+          vcpus: p.vcpus,
+          ownerId: p.owner_id,
+          workerId: this.workerId,
+          env: { ...p.env },
+          ...(p.network_mode !== undefined ? { networkMode: p.network_mode } : {}),
+          labels: { ...p.labels },
+        }),
+      );
+      const { runtimeId } = value;
+      if (lost !== undefined) {
+        // Another holder may own the sandbox now: the runtime made under the lost lease must not stay.
+        const removed = await provider.destroy(runtimeId).then(
+          () => 'the runtime made meanwhile was removed',
+          (err: unknown) => `removing the runtime made meanwhile failed (${err instanceof Error ? err.message : String(err)})`,
+        );
+        throw new StacyError('lease_conflict', `spawn of ${p.sandbox_id} lost its lease: ${lost}; ${removed}`);
+      }
       this.remember(p.sandbox_id, provider.name, runtimeId);
       return { sandbox_id: p.sandbox_id, runtime_id: runtimeId };
     })();
@@ -297,11 +323,18 @@ export class WorkerNode {
     }
   }
 
-  private async destroy(p: Ref): Promise<ResultOf<'worker.destroy'>> {
+  private async destroy(p: Ref, lease: WireLease | undefined): Promise<ResultOf<'worker.destroy'>> {
     const { provider, runtimeId } = this.resolve(p);
-    if (runtimeId !== undefined) await provider.destroy(runtimeId);
+    // A destroy cannot be undone, so one that outlived its lease still reports what it did.
+    if (runtimeId !== undefined) await this.kept(lease, () => provider.destroy(runtimeId));
     this.forget(p.sandbox_id);
     return { status: 'destroyed' };
+  }
+
+  /** Runs a lease-fenced operation, keeping its lease alive when a keeper is configured. */
+  private kept<T>(lease: WireLease | undefined, op: () => Promise<T>): Promise<{ value: T; lost: string | undefined }> {
+    if (this.leaseKeeper === undefined || lease === undefined) return op().then((value) => ({ value, lost: undefined }));
+    return this.leaseKeeper.keep(lease, op);
   }
 
   private providerOf(name: string): Provider {

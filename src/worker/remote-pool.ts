@@ -7,7 +7,7 @@
  */
 import { StacyError } from '../core/errors.js';
 import type { Clock } from '../core/clock.js';
-import type { WorkerRecord } from '../core/types.js';
+import type { LeaseRecord, WorkerRecord } from '../core/types.js';
 import type { Provider } from '../providers/provider.js';
 import type { Store } from '../store/store.js';
 import { leaseToWire } from '../workerproto/index.js';
@@ -55,6 +55,11 @@ export class RemoteWorkerPool {
   /** Sends `worker.shutdown` to the worker (it drains; `remote_worker_rpc_unavailable` when unreachable). */
   async drain(worker: WorkerRecord): Promise<void> {
     await (await this.client(worker)).shutdown();
+  }
+
+  /** Presents `lease` to its holder with `worker.renew_lease`, so the worker's fence learns its generation. */
+  async pushLease(worker: WorkerRecord, lease: LeaseRecord): Promise<void> {
+    await (await this.client(worker)).renewLease(leaseToWire(lease));
   }
 
   /** Closes every connection. */

@@ -49,6 +49,8 @@ export interface WorkerRpcServerOptions {
   bodyLimitBytes?: number;
   /** Quiet time after which an exec stream sends an empty chunk. Default 5 s. */
   streamKeepaliveMs?: number;
+  /** The lease fence lease-required calls pass (the daemon's, journalled); default a fresh in-memory one. */
+  fence?: LeaseFence;
 }
 
 const DEFAULT_BODY_LIMIT = 64 * 1024 * 1024;
@@ -70,7 +72,7 @@ export class WorkerRpcServer {
     this.node = options.node;
     const clock = options.clock ?? systemClock;
     this.authenticator = options.authenticator;
-    this.gate = new WorkerRpcGate(options.node.workerId, options.authenticator, new LeaseFence(options.node.workerId, clock));
+    this.gate = new WorkerRpcGate(options.node.workerId, options.authenticator, options.fence ?? new LeaseFence(options.node.workerId, clock));
     this.log = (options.logger ?? pino({ level: 'silent' })).child({ component: 'worker-rpc', worker_id: options.node.workerId });
     this.bodyLimit = options.bodyLimitBytes ?? DEFAULT_BODY_LIMIT;
     this.keepaliveMs = options.streamKeepaliveMs ?? DEFAULT_KEEPALIVE_MS;

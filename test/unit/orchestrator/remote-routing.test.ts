@@ -7,12 +7,15 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { createServer } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
-import { ManualClock } from '../../../src/core/clock.js';
+import { ManualClock, toIso } from '../../../src/core/clock.js';
 import { createOrchestrator, type Orchestrator } from '../../../src/orchestrator/index.js';
 import { MockProvider } from '../../../src/providers/mock/mock-provider.js';
 import type { Store } from '../../../src/store/store.js';
 import { RemoteWorkerPool } from '../../../src/worker/remote-pool.js';
+import { RemoteWorkerClient } from '../../../src/worker/rpc-client.js';
+import { leaseToWire } from '../../../src/workerproto/index.js';
 import { SIGNING_KEY, startTestWorker, type TestWorker } from '../../integration/worker-harness.js';
 import { anon, leaseHolder, sqliteMemory, testConfig } from './harness.js';
 
@@ -120,5 +123,49 @@ describe('remote routing in the orchestrator', () => {
     await s.orch.heartbeat('w1', { hostname: 'w1', status: 'online', providers: ['mock'], capabilities: [], capacity: {} });
     await expect(s.orch.spawn({ provider: 'mock', image: 'host' }, anon)).rejects.toMatchObject({ code: 'remote_worker_rpc_unavailable' });
     expect(await s.orch.list(anon)).toEqual([]);
+  });
+
+  it('a background pass that renews a remote lease tells the worker, which then refuses the older generation; an unreachable worker is told on a later pass', async () => {
+    s = await setup();
+    const sb = await s.orch.spawn({ provider: 'mock', image: 'host', ttlMs: 60 * 60_000 }, anon);
+    const runtime = (await s.worker.provider.inventory()).find((r) => r.sandboxId === sb.id);
+    expect(runtime).toBeDefined();
+    const ref = { sandbox_id: sb.id, provider: 'mock', runtime_id: runtime?.runtimeId as string };
+    const client = new RemoteWorkerClient({ workerId: 'w1', url: s.worker.url, credential: { kind: 'signing_key', keys: [SIGNING_KEY] } });
+    const live = (lease: { resourceId: string; holderId: string; generation: number; expiresAt: number }) => ({ ...leaseToWire(lease), expires_at: toIso(Date.now() + 60_000) });
+    /** A lease near its end, as after half its lifetime: the pass renews it. */
+    const ageLease = () => s?.store.acquireLease({ resourceId: sb.id, resourceType: 'sandbox', holderId: 'w1', ttlMs: 1_000 }) as ReturnType<Store['acquireLease']>;
+    try {
+      const older = await ageLease();
+      await tick(s.orch);
+      const renewed = await s.store.getLease(sb.id);
+      expect(renewed).toMatchObject({ holderId: 'w1' });
+      expect(renewed?.generation).toBeGreaterThan(older.generation);
+      // A caller still holding the older generation (paused, partitioned) is refused by the worker.
+      await expect(client.destroy(ref, live(older))).rejects.toMatchObject({ code: 'lease_conflict' });
+      expect(await runtimesOn(s.worker)).toEqual([sb.id]);
+
+      // The worker moves to an address where nothing answers: the pass renews in the store and goes on.
+      const dead = createServer();
+      await new Promise<void>((r) => dead.listen(0, '127.0.0.1', () => r()));
+      const deadUrl = `http://127.0.0.1:${(dead.address() as { port: number }).port}`;
+      await new Promise<void>((r) => dead.close(() => r()));
+      await s.orch.heartbeat('w1', { hostname: 'w1', status: 'online', providers: ['mock'], capabilities: ['isolation:mock:none'], capacity: { rpcUrl: deadUrl } });
+      const missed = await ageLease();
+      await tick(s.orch);
+      const unpushed = await s.store.getLease(sb.id);
+      expect(unpushed?.generation).toBeGreaterThan(missed.generation);
+      expect(unpushed?.expiresAt).toBeGreaterThan((await s.store.now()) + 60_000);
+
+      // Back at its address, the next pass tells it although the lease no longer needs renewing.
+      await s.beat();
+      await tick(s.orch);
+      expect((await s.store.getLease(sb.id))?.generation).toBe(unpushed?.generation);
+      await expect(client.destroy(ref, live(missed))).rejects.toMatchObject({ code: 'lease_conflict' });
+      expect(await runtimesOn(s.worker)).toEqual([sb.id]);
+      expect((await s.orch.get(sb.id, anon)).state).toBe('running');
+    } finally {
+      await client.close();
+    }
   });
 });
