@@ -16,7 +16,7 @@ import { formatDuration, parseDuration } from '../core/duration.js';
 import { toIso } from '../core/clock.js';
 import type { WorkerStatus } from '../core/types.js';
 import type { ExecEvent, FileEntry, Provider } from '../providers/provider.js';
-import type { AnyRpcRequest, ParamsOf, ResultOf, WireLease, WorkerMethod } from '../workerproto/index.js';
+import type { AnyRpcRequest, ParamsOf, ResultOf, WireLease } from '../workerproto/index.js';
 import type { LeaseKeeper } from './lease-keeper.js';
 
 export interface WorkerCapacityOptions {

@@ -105,8 +105,10 @@ describe.skipIf(!hostSupports('control plane restart with remote workers', built
       const { runtimes } = await client.call('worker.inventory', { provider: 'mock' });
       return !runtimes.some((r) => r.sandbox_id === pending?.id);
     });
-    const diagnostics = (await call('GET', `${api2}/admin/diagnostics`)).body as { leases: { by_holder: Record<string, number> } };
-    expect(diagnostics.leases.by_holder.rw1 ?? 0).toBe(1); // only the kept sandbox's
+    // The lease that destroy took is released once the worker's reply is in: only the kept
+    // sandbox's lease stays.
+    const leasesOfWorker = async () => ((await call('GET', `${api2}/admin/diagnostics`)).body as { leases: { by_holder: Record<string, number> } }).leases.by_holder.rw1 ?? 0;
+    await until("every lease but the kept sandbox's to be released", async () => (await leasesOfWorker()) === 1);
 
     // The sandbox that was running keeps running and working on its worker.
     const again = (await call('GET', `${api2}/sandboxes/${kept.id}`)).body as Sandbox;
