@@ -1,7 +1,7 @@
 /**
  * A real control plane (`node dist/cli/main.js serve`) plus N real worker processes
- * (`node dist/cli/main.js worker …`), each with the mock provider (unless told otherwise) and its own data directory, all
- * on 127.0.0.1 free ports. Both sides share one worker token. `stop()` tears everything down
+ * (`node dist/cli/main.js worker …`), each with the mock provider (unless told otherwise) and
+ * its own data directory, all on 127.0.0.1 free ports. Both sides share one worker token. `stop()` tears everything down
  * and removes the data directories; every wait is bounded.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
