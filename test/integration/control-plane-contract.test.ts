@@ -35,8 +35,6 @@ interface RunOptions {
   provider: 'mock' | 'oci';
   image: string;
   workerId: string;
-  /** Extra control-plane env: the control plane only accepts providers it runs itself. */
-  serverEnv?: Record<string, string>;
   /** Prepares the worker's data directory before it starts (e.g. installs an image). */
   prepareWorkerDir?: (dir: string) => Promise<void>;
   workerEnv?: Record<string, string>;
@@ -64,7 +62,7 @@ async function controlPlaneSetup(o: RunOptions): Promise<ContractSetup> {
     await o.prepareWorkerDir?.(workerDir);
     cluster = await startRemoteCluster({
       // Capacity 1 on the control plane's own worker; the filler below takes it.
-      serverEnv: { STACYVM_WORKER_MAX_SANDBOXES: '1', ...o.serverEnv },
+      serverEnv: { STACYVM_WORKER_MAX_SANDBOXES: '1' },
     });
     const api = cluster.server.api;
     const filler = await call('POST', `${api}/sandboxes`, { provider: 'mock', ttl: '2h' });
@@ -72,6 +70,10 @@ async function controlPlaneSetup(o: RunOptions): Promise<ContractSetup> {
     expect(filler.body).toMatchObject({ worker_id: 'local', state: 'running' });
     await cluster.startWorker(o.workerId, { dataDir: workerDir, providers: o.provider, ...(o.workerEnv ? { env: o.workerEnv } : {}) });
 
+    // The control plane runs only mock itself: an oci run proves it places a provider that only
+    // its workers run.
+    const own = ((await call('GET', `${api}/providers`)).body as { name: string }[]).map((p) => p.name);
+    expect(own).toEqual(['mock']);
     const provider = await ControlPlaneProvider.connect({ api, provider: o.provider, workerId: o.workerId, ttl: '30m' });
     // The probe: placement picks the remote worker, and the runtime really is on it.
     const { runtimeId: probe } = await provider.spawn({
@@ -137,9 +139,6 @@ providerContract(
       provider: 'oci',
       image: 'busybox',
       workerId: 'cpc-oci',
-      // The control plane runs oci too (it validates the provider name against its own), but
-      // its worker is full, so no container starts there.
-      serverEnv: { STACYVM_PROVIDERS_OCI_ENABLED: 'true' },
       workerEnv: { STACYVM_PROVIDERS_OCI_ENABLED: 'true' },
       prepareWorkerDir: async (dir) => {
         await run(process.execPath, [CLI, 'image', 'build-busybox', 'busybox'], { env: cliEnv(dir), timeout: 60_000 });
