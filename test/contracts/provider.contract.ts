@@ -323,6 +323,14 @@ export function providerContract(name: string, setup: () => Promise<ContractSetu
         for (const e of evs) if (e.type !== 'exit') expect(Buffer.isBuffer(e.data)).toBe(true);
       });
 
+      it('keeps multi-byte UTF-8 characters whole when a chunk boundary splits them', async () => {
+        // € is e2 82 ac and 😀 is f0 9f 98 80: each is written in two parts with a pause between,
+        // so the parts leave the runtime as separate chunks.
+        const r = await run("printf 'price: \\342\\202'; sleep 0.3; printf '\\254 \\360\\237'; sleep 0.3; printf '\\230\\200\\n'");
+        expect(r.exitCode).toBe(0);
+        expect(r.stdout).toBe('price: € 😀\n');
+      });
+
       it('streams the first chunk before the command ends', async () => {
         // The command waits for a file the test writes only after seeing "first": a provider
         // that buffered output until exit would never deliver it and hit the timeout.
