@@ -121,6 +121,21 @@ export class OrchestratorContext {
     return [...this.providers.keys()];
   }
 
+  /**
+   * The providers a spawn or template naming `wanted` may use: this server's own, and, when
+   * `wanted` is not one of them and this server drives remote workers, every provider a
+   * registered worker advertises. A control plane need not run a provider itself to place its
+   * sandboxes on workers that do; placement then picks one (or says why none can take it).
+   * The registry is read only for a provider this server lacks.
+   */
+  async providerNamesFor(wanted: string | null | undefined): Promise<string[]> {
+    const names = this.providerNames();
+    if (wanted === undefined || wanted === null || names.includes(wanted) || this.remote === undefined) return names;
+    const all = new Set(names);
+    for (const w of await this.store.listWorkers()) for (const p of w.providers) all.add(p);
+    return [...all];
+  }
+
   /** Provider failures that are not already typed become provider_error. */
   async callProvider<T>(what: string, fn: () => Promise<T>): Promise<T> {
     try {

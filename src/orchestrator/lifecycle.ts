@@ -112,7 +112,7 @@ export class SandboxLifecycle {
       template,
       config: this.ctx.config,
       defaultProvider: this.ctx.defaultProviderName,
-      providerNames: this.ctx.providerNames(),
+      providerNames: await this.ctx.providerNamesFor(request.provider ?? template?.provider),
       ownerId,
       quota,
     });

@@ -18,7 +18,7 @@ export class TemplatesAndQuotas {
 
   createTemplate(input: TemplateInput): Promise<TemplateRecord> {
     return this.ctx.op('template_create', async () => {
-      checkTemplate(input, this.ctx.config, this.ctx.providerNames());
+      checkTemplate(input, this.ctx.config, await this.ctx.providerNamesFor(input.provider));
       const now = this.ctx.clock.now();
       const record = templateRecord(input, now, now);
       await this.ctx.store.createTemplate(record);
@@ -42,7 +42,7 @@ export class TemplatesAndQuotas {
     return this.ctx.op('template_update', async () => {
       checkTemplateName(name);
       if (input.name !== name) throw badRequest('name: cannot be changed; the body name must match the path');
-      checkTemplate(input, this.ctx.config, this.ctx.providerNames());
+      checkTemplate(input, this.ctx.config, await this.ctx.providerNamesFor(input.provider));
       // PUT replaces the whole template: unset fields go back to "use the server default".
       const { name: _n, createdAt: _c, ...patch } = templateRecord(input, 0, this.ctx.clock.now());
       return this.ctx.store.updateTemplate(name, patch);

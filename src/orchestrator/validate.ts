@@ -98,7 +98,8 @@ export function checkTtl(ttlMs: number, maxTtlMs: number, field = 'ttl'): number
 
 /**
  * Merges request ▸ template ▸ configured defaults and validates the result against the
- * configured maxima. `providerNames` are the providers this process can run.
+ * configured maxima. `providerNames` are the providers this process can place: its own and,
+ * for a control plane, those its registered workers advertise.
  */
 export function resolveSpawn(input: {
   request: SpawnRequest;

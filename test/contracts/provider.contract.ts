@@ -15,7 +15,8 @@
  * The default working directory is `/workspace`, which every provider creates writable.
  *
  * Contract decisions beyond provider.ts (every provider must behave like this):
- * - exec env contains `SANDBOX_ID` (the spawn's sandboxId), the spawn env and the request env;
+ * - exec env contains `SANDBOX_ID` (the spawn's sandboxId, or `sandboxIdOf` for a run whose
+ *   server picks its own ids), the spawn env and the request env;
  * - a new file gets mode 0644 unless a mode is given; writeFile creates missing parent dirs;
  * - listFiles returns entries sorted by name; a file (not a dir) is `bad_request`;
  * - deleteFile of a non-empty directory without `recursive` is `conflict`;
@@ -41,6 +42,18 @@ export interface ContractSetup {
   /** Image reference the provider can spawn; it must contain /bin/sh and coreutils or busybox. */
   image: string;
   cleanup: () => Promise<void>;
+  /**
+   * The `SANDBOX_ID` a command sees. Default: the spawn's `sandboxId`. A control plane picks
+   * its own sandbox id and hands it back as the runtime id, so its run answers `runtimeId`.
+   */
+  sandboxIdOf?: (spec: SpawnSpec, runtimeId: string) => string;
+  /**
+   * Codes an operation on a destroyed runtime may fail with. Default: `not_found` only. A
+   * control plane keeps a destroyed sandbox's record for inspection (server.record_retention)
+   * and answers `conflict` ("sandbox … is destroyed"), which is what its API clients rely on.
+   * Unknown runtimes are `not_found` everywhere.
+   */
+  destroyedCodes?: ErrorCode[];
 }
 
 export interface ContractOptions {
@@ -82,6 +95,7 @@ export function providerContract(name: string, setup: () => Promise<ContractSetu
     let provider: Provider;
     let image: string;
     let cleanup: (() => Promise<void>) | undefined;
+    let destroyedCodes: ErrorCode[] = ['not_found'];
     const spawned: string[] = [];
     /** The shared sandbox most tests run in. */
     let rt: string;
@@ -142,9 +156,10 @@ export function providerContract(name: string, setup: () => Promise<ContractSetu
       provider = s.provider;
       image = s.image;
       cleanup = s.cleanup;
+      destroyedCodes = s.destroyedCodes ?? destroyedCodes;
       const created = await spawn();
       rt = created.runtimeId;
-      sandboxId = created.spec.sandboxId;
+      sandboxId = s.sandboxIdOf?.(created.spec, created.runtimeId) ?? created.spec.sandboxId;
     });
 
     afterAll(async () => {
@@ -208,21 +223,21 @@ export function providerContract(name: string, setup: () => Promise<ContractSetu
         expect(after === undefined || after.status === 'missing').toBe(true);
       });
 
-      it('every operation after destroy fails with not_found', async () => {
+      it('every operation after destroy fails with not_found (or the declared destroyedCodes)', async () => {
         const { runtimeId: gone } = await spawn();
         await provider.writeFile(gone, '/workspace/f.txt', Buffer.from('x'));
         await provider.destroy(gone);
-        await expectCode(() => run('echo hi', {}, gone), 'not_found');
-        await expectCode(() => run('echo', { mode: 'argv', args: ['hi'] }, gone), 'not_found');
-        await expectCode(() => provider.writeFile(gone, '/workspace/g.txt', Buffer.from('x')), 'not_found');
-        await expectCode(() => provider.readFile(gone, '/workspace/f.txt'), 'not_found');
-        await expectCode(() => provider.listFiles(gone, '/workspace'), 'not_found');
-        await expectCode(() => provider.deleteFile(gone, '/workspace/f.txt', false), 'not_found');
-        await expectCode(() => provider.moveFile(gone, '/workspace/f.txt', '/workspace/h.txt'), 'not_found');
-        await expectCode(() => provider.chmod(gone, '/workspace/f.txt', 0o600), 'not_found');
-        await expectCode(() => provider.stat(gone, '/workspace/f.txt'), 'not_found');
-        await expectCode(() => provider.glob(gone, '/workspace/*'), 'not_found');
-        await expectCode(() => provider.consoleLog(gone, 10), 'not_found');
+        await expectCode(() => run('echo hi', {}, gone), ...destroyedCodes);
+        await expectCode(() => run('echo', { mode: 'argv', args: ['hi'] }, gone), ...destroyedCodes);
+        await expectCode(() => provider.writeFile(gone, '/workspace/g.txt', Buffer.from('x')), ...destroyedCodes);
+        await expectCode(() => provider.readFile(gone, '/workspace/f.txt'), ...destroyedCodes);
+        await expectCode(() => provider.listFiles(gone, '/workspace'), ...destroyedCodes);
+        await expectCode(() => provider.deleteFile(gone, '/workspace/f.txt', false), ...destroyedCodes);
+        await expectCode(() => provider.moveFile(gone, '/workspace/f.txt', '/workspace/h.txt'), ...destroyedCodes);
+        await expectCode(() => provider.chmod(gone, '/workspace/f.txt', 0o600), ...destroyedCodes);
+        await expectCode(() => provider.stat(gone, '/workspace/f.txt'), ...destroyedCodes);
+        await expectCode(() => provider.glob(gone, '/workspace/*'), ...destroyedCodes);
+        await expectCode(() => provider.consoleLog(gone, 10), ...destroyedCodes);
         expect(await provider.status(gone)).toBe('missing');
       });
 
@@ -306,6 +321,14 @@ export function providerContract(name: string, setup: () => Promise<ContractSetu
         const exit = evs.at(-1);
         expect(exit?.type === 'exit' && exit.exitCode).toBe(4);
         for (const e of evs) if (e.type !== 'exit') expect(Buffer.isBuffer(e.data)).toBe(true);
+      });
+
+      it('keeps multi-byte UTF-8 characters whole when a chunk boundary splits them', async () => {
+        // € is e2 82 ac and 😀 is f0 9f 98 80: each is written in two parts with a pause between,
+        // so the parts leave the runtime as separate chunks.
+        const r = await run("printf 'price: \\342\\202'; sleep 0.3; printf '\\254 \\360\\237'; sleep 0.3; printf '\\230\\200\\n'");
+        expect(r.exitCode).toBe(0);
+        expect(r.stdout).toBe('price: € 😀\n');
       });
 
       it('streams the first chunk before the command ends', async () => {

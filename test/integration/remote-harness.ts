@@ -1,7 +1,7 @@
 /**
  * A real control plane (`node dist/cli/main.js serve`) plus N real worker processes
- * (`node dist/cli/main.js worker …`), each with the mock provider and its own data directory, all
- * on 127.0.0.1 free ports. Both sides share one worker token. `stop()` tears everything down
+ * (`node dist/cli/main.js worker …`), each with the mock provider (unless told otherwise) and
+ * its own data directory, all on 127.0.0.1 free ports. Both sides share one worker token. `stop()` tears everything down
  * and removes the data directories; every wait is bounded.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
@@ -38,6 +38,8 @@ export interface WorkerProcess {
 export interface WorkerStartOptions {
   /** Extra `stacyvm worker` flags, e.g. `['--max-sandboxes', '5']`. */
   args?: string[];
+  /** `--providers`; default `mock`. Enable others through `env` (e.g. STACYVM_PROVIDERS_OCI_ENABLED). */
+  providers?: string;
   /** Default 500ms, so registry changes show up quickly. */
   heartbeatInterval?: string;
   /** Reuse a data dir (a restarted worker); a new one otherwise. */
@@ -104,7 +106,7 @@ export async function startWorkerProcess(controlPlane: ServerProcess, id: string
     '--listen',
     '127.0.0.1:0',
     '--providers',
-    'mock',
+    options.providers ?? 'mock',
     '--heartbeat-interval',
     options.heartbeatInterval ?? '500ms',
     ...(options.args ?? []),

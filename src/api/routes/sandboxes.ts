@@ -1,4 +1,5 @@
 import { Readable } from 'node:stream';
+import { StringDecoder } from 'node:string_decoder';
 import { Type } from '@sinclair/typebox';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { formatDuration } from '../../core/duration.js';
@@ -121,11 +122,26 @@ function execCallIn(body: ExecBodyT): ExecCall {
   return call;
 }
 
-function eventLine(ev: ExecEvent): string {
+/** One UTF-8 decoder per output stream of one exec. */
+type StreamDecoders = Record<'stdout' | 'stderr', StringDecoder>;
+
+/**
+ * The NDJSON for one event ('' when a chunk holds only part of a character). `data` is text on
+ * the wire, so each stream is decoded across chunks: a multi-byte character split between two
+ * chunks arrives whole in the later line instead of as two replacement characters. Bytes of an
+ * incomplete character left when the command exits are flushed before the exit line.
+ */
+function eventLines(ev: ExecEvent, decoders: StreamDecoders): string {
   if (ev.type === 'exit') {
-    return `${JSON.stringify({ stream: 'exit', data: '', exit_code: ev.exitCode, duration: formatDuration(ev.durationMs) })}\n`;
+    let out = '';
+    for (const stream of ['stdout', 'stderr'] as const) {
+      const rest = decoders[stream].end();
+      if (rest !== '') out += `${JSON.stringify({ stream, data: rest })}\n`;
+    }
+    return `${out}${JSON.stringify({ stream: 'exit', data: '', exit_code: ev.exitCode, duration: formatDuration(ev.durationMs) })}\n`;
   }
-  return `${JSON.stringify({ stream: ev.type, data: ev.data.toString('utf8') })}\n`;
+  const data = decoders[ev.type].write(ev.data);
+  return data === '' ? '' : `${JSON.stringify({ stream: ev.type, data })}\n`;
 }
 
 function errorLine(err: unknown): string {
@@ -159,10 +175,12 @@ async function streamExec(req: FastifyRequest<{ Params: { id: string } }>, reply
   // A failure before the grace period ended propagated above and is rendered by the error mapper.
 
   async function* lines(): AsyncGenerator<string> {
+    const decoders: StreamDecoders = { stdout: new StringDecoder('utf8'), stderr: new StringDecoder('utf8') };
     try {
       let next = early === 'grace' ? await first : early;
       while (!next.done) {
-        yield eventLine(next.value);
+        const text = eventLines(next.value, decoders);
+        if (text !== '') yield text;
         if (next.value.type === 'exit') return;
         next = await iterator.next();
       }

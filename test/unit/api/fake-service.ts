@@ -123,6 +123,14 @@ export class FakeService implements SandboxService {
   }
   async *execStream(id: string, request: ExecCall, _caller: Caller, signal?: AbortSignal): AsyncIterable<ExecEvent> {
     this.need(id);
+    if (request.command === 'split-utf8') {
+      // "€" (e2 82 ac) split over two chunks; stderr ends inside an unfinished 4-byte character.
+      yield { type: 'stdout', data: Buffer.from([0x70, 0x3a, 0x20, 0xe2, 0x82]) };
+      yield { type: 'stderr', data: Buffer.from([0xf0, 0x9f]) };
+      yield { type: 'stdout', data: Buffer.from([0xac, 0x0a]) };
+      yield { type: 'exit', exitCode: 0, durationMs: 1 };
+      return;
+    }
     yield { type: 'stdout', data: Buffer.from('first\n') };
     await this.streamGate;
     if (signal?.aborted) return;

@@ -141,6 +141,18 @@ describe('exec', () => {
     ]);
   });
 
+  it('sends a multi-byte character split across chunks whole, and flushes an unfinished one before exit', async () => {
+    const { app } = await make();
+    const id = (await app.inject({ method: 'POST', url: '/api/v1/sandboxes' })).json().id;
+    const res = await app.inject({ method: 'POST', url: `/api/v1/sandboxes/${id}/exec`, ...json({ command: 'split-utf8', stream: true }) });
+    expect(res.body.trim().split('\n').map((l) => JSON.parse(l))).toEqual([
+      { stream: 'stdout', data: 'p: ' },
+      { stream: 'stdout', data: '€\n' },
+      { stream: 'stderr', data: '\ufffd' },
+      { stream: 'exit', data: '', exit_code: 0, duration: '1ms' },
+    ]);
+  });
+
   it('ends a failing stream with an error line, and an unknown sandbox with a 404', async () => {
     const { app } = await make();
     const id = (await app.inject({ method: 'POST', url: '/api/v1/sandboxes' })).json().id;

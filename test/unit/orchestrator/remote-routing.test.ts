@@ -28,7 +28,8 @@ interface Setup {
   close: () => Promise<void>;
 }
 
-async function setup(): Promise<Setup> {
+/** `localProviders: false` is a control plane that runs no provider itself. */
+async function setup(options: { localProviders?: boolean } = {}): Promise<Setup> {
   const config = testConfig();
   const root = mkdtempSync(join(tmpdir(), 'stacyvm-orch-remote-'));
   const store = await sqliteMemory();
@@ -37,7 +38,8 @@ async function setup(): Promise<Setup> {
   const pool = new RemoteWorkerPool({ store, leaseTtlMs: config.worker.leaseTtlMs, credentialFor: () => ({ kind: 'signing_key', keys: [SIGNING_KEY] }) });
   const local = new MockProvider({ root: join(root, 'mock') });
   // No local worker record: placement can only choose w1.
-  const orch = createOrchestrator({ config, store, providers: [local], clock, version: 'test', remoteWorkers: pool });
+  const providers = options.localProviders === false ? [] : [local];
+  const orch = createOrchestrator({ config, store, providers, clock, version: 'test', remoteWorkers: pool });
   await orch.start();
   const beat = async () => {
     await orch.heartbeat('w1', { hostname: 'w1', status: 'online', providers: ['mock'], capabilities: ['isolation:mock:none'], capacity: { rpcUrl: worker.url } });
@@ -116,6 +118,22 @@ describe('remote routing in the orchestrator', () => {
     await tick(s.orch);
     expect((await s.orch.get(kept.id, anon)).state).toBe('running');
     expect(await runtimesOn(s.worker)).toEqual([kept.id]);
+  });
+
+  it('a provider only a remote worker runs is accepted and placed there; one no worker runs is bad_request', async () => {
+    s = await setup({ localProviders: false });
+    const sb = await s.orch.spawn({ provider: 'mock', image: 'host' }, anon);
+    expect(sb).toMatchObject({ provider: 'mock', workerId: 'w1', state: 'running' });
+    expect(await runtimesOn(s.worker)).toEqual([sb.id]);
+    expect((await s.orch.exec(sb.id, { command: 'echo remote', args: [], mode: 'shell', env: {} }, anon)).stdout).toBe('remote\n');
+    await s.orch.createTemplate({ name: 'on-workers', provider: 'mock', image: 'host' });
+    expect(await s.orch.spawnFromTemplate('on-workers', {}, anon)).toMatchObject({ provider: 'mock', workerId: 'w1' });
+
+    await expect(s.orch.spawn({ provider: 'oci', image: 'busybox' }, anon)).rejects.toMatchObject({ code: 'bad_request' });
+    await expect(s.orch.createTemplate({ name: 'nowhere', provider: 'oci' })).rejects.toMatchObject({ code: 'bad_request' });
+    // A worker that stops advertising the provider takes it out of the cluster's set.
+    await s.orch.heartbeat('w1', { hostname: 'w1', status: 'online', providers: ['other'], capabilities: [], capacity: { rpcUrl: s.worker.url } });
+    await expect(s.orch.spawn({ provider: 'mock', image: 'host' }, anon)).rejects.toMatchObject({ code: 'bad_request' });
   });
 
   it('a worker with no rpc_url is 503 remote_worker_rpc_unavailable and nothing is created', async () => {
