@@ -23,6 +23,16 @@ export interface RemoteWorkers {
   provider(worker: WorkerRecord, provider: string): Promise<Provider>;
   /** Sends `worker.shutdown`: the worker refuses new spawns and reports `draining`. */
   drain(worker: WorkerRecord): Promise<void>;
+  /**
+   * Fails every call in flight to the worker now with `remote_worker_rpc_unavailable` carrying
+   * `reason`; later calls connect afresh. No-op when nothing is connected to it.
+   */
+  abandon(workerId: string, reason: string): void;
+  /**
+   * Acquires the sandbox's lease for the worker and presents it (`worker.renew_lease`), so the
+   * worker refuses every older generation from then on.
+   */
+  fence(worker: WorkerRecord, provider: string, sandboxId: string): Promise<void>;
 }
 
 export interface OrchestratorOptions {

@@ -36,7 +36,16 @@ export class RemoteWorkerPool {
    * The Provider that drives `provider` on `worker`. `remote_worker_rpc_unavailable` when the
    * worker advertises no rpc_url or cannot be reached; a failed connect is not cached.
    */
-  async provider(worker: WorkerRecord, provider: string): Promise<Provider> {
+  provider(worker: WorkerRecord, provider: string): Promise<Provider> {
+    return this.remoteProvider(worker, provider);
+  }
+
+  /** Presents a freshly acquired lease for the sandbox to the worker: older generations are refused there from now on. */
+  async fence(worker: WorkerRecord, provider: string, sandboxId: string): Promise<void> {
+    await (await this.remoteProvider(worker, provider)).renewLease(sandboxId);
+  }
+
+  private async remoteProvider(worker: WorkerRecord, provider: string): Promise<RemoteProvider> {
     const client = await this.client(worker);
     const key = `${worker.id}\u0000${provider}`;
     let pending = this.providers.get(key);
@@ -55,6 +64,19 @@ export class RemoteWorkerPool {
   /** Sends `worker.shutdown` to the worker (it drains; `remote_worker_rpc_unavailable` when unreachable). */
   async drain(worker: WorkerRecord): Promise<void> {
     await (await this.client(worker)).shutdown();
+  }
+
+  /**
+   * Cuts every call in flight to the worker with `remote_worker_rpc_unavailable` (carrying
+   * `reason`) and drops its connections; the next call connects afresh. No-op when there is no
+   * connection to it.
+   */
+  abandon(workerId: string, reason: string): void {
+    const client = this.clients.get(workerId);
+    if (client === undefined) return;
+    this.clients.delete(workerId);
+    for (const key of [...this.providers.keys()]) if (key.startsWith(`${workerId}\u0000`)) this.providers.delete(key);
+    void client.abort(reason);
   }
 
   /** Closes every connection. */

@@ -84,6 +84,8 @@ export class RemoteWorkerClient {
   private readonly requestTimeoutMs: number;
   private readonly spawnTimeoutMs: number;
   private readonly streamIdleTimeoutMs: number;
+  /** Set by abort(): every call in flight and every later call fails with it. */
+  private cut: StacyError | undefined;
 
   constructor(options: RemoteWorkerClientOptions) {
     this.workerId = options.workerId;
@@ -174,6 +176,7 @@ export class RemoteWorkerClient {
           }
         }
       } catch (err) {
+        if (this.cut !== undefined) throw this.cut;
         throw isStacyError(err) || abort.signal.aborted ? err : this.unavailable(err);
       }
       throw new StacyError('remote_worker_rpc_unavailable', `worker ${this.describe()}: exec stream ended before the command's exit`);
@@ -210,7 +213,20 @@ export class RemoteWorkerClient {
 
   /** Closes pooled connections. */
   async close(): Promise<void> {
+    // abort() has already torn the connections down.
+    if (this.cut !== undefined) return;
     await this.pool.close();
+  }
+
+  /**
+   * Gives up on the worker at once: calls in flight (unary and streams) fail now with
+   * `remote_worker_rpc_unavailable` carrying `reason`, and so does every later call. Used when
+   * the worker is known to be unreachable (its heartbeat went stale) so that nobody waits out
+   * a reply bound on a connection whose packets are being dropped.
+   */
+  async abort(reason: string): Promise<void> {
+    this.cut ??= new StacyError('remote_worker_rpc_unavailable', `worker ${this.describe()}: ${reason}; calls to it were cut`);
+    await this.pool.destroy(this.cut).catch(() => undefined);
   }
 
   private defaultTimeout(method: UnaryMethod, params: unknown): number {
@@ -229,6 +245,7 @@ export class RemoteWorkerClient {
   }
 
   private async open(request: { id: string }, headersTimeout: number, bodyTimeout: number, options: CallOptions): Promise<{ statusCode: number; body: ResponseBody }> {
+    if (this.cut !== undefined) throw this.cut;
     const headers = {
       ...(await this.credentials.headers('worker:rpc')),
       'content-type': 'application/json',
@@ -246,6 +263,7 @@ export class RemoteWorkerClient {
       });
       return { statusCode: res.statusCode, body: res.body };
     } catch (err) {
+      if (this.cut !== undefined) throw this.cut;
       if (options.signal?.aborted) throw err;
       throw this.unavailable(err);
     }
@@ -255,6 +273,7 @@ export class RemoteWorkerClient {
     try {
       return await body.text();
     } catch (err) {
+      if (this.cut !== undefined) throw this.cut;
       if (options.signal?.aborted) throw err;
       throw this.unavailable(err);
     }
