@@ -40,7 +40,9 @@ const LEASE_TTL = '3s';
  * Upper bound for a call made while the link is cut. What it waits for: the worker's last
  * heartbeat to age past STALE_AFTER_MS, the next background pass (500 ms) and, at worst, that
  * pass finishing an inventory call to the worker that the cut stalls (bounded at 5 s). Without
- * the cut-off the calls below would wait 60-90 s; the slack is for a loaded machine.
+ * the cut-off at staleness the calls below would wait out their reply bounds (file read 60 s,
+ * exec its timeout + 30 s, spawn 5 min, a stream 30 s of silence); the slack is for a loaded
+ * machine.
  */
 const CUT_CALL_BOUND_MS = 25_000;
 
