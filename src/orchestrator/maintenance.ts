@@ -254,6 +254,10 @@ export class Maintenance {
   }
 
   private async markAway(workerId: string, now: number): Promise<void> {
+    // New calls to a stale worker are refused (providerFor); calls already on the wire would
+    // otherwise wait out their reply bound (a minute or more) on a link that may drop every
+    // packet. Every pass, so a call that slipped past the refusal is cut on the next one.
+    this.ctx.remote?.abandon(workerId, 'its heartbeat is stale');
     const running = await this.ctx.store.listSandboxes({ states: ['running'], workerId });
     this.awayWorkers.add(workerId);
     for (const record of running) {
@@ -292,7 +296,19 @@ export class Maintenance {
           continue;
         }
         if (waiting.has(record.id) && info.status === 'running') {
+          // The lease lapsed while the worker was away, and whoever held it then may still
+          // present it. Showing the worker a newer generation first makes it refuse that
+          // holder's late destroy or spawn by generation, whatever that holder's clock says.
           waiting.delete(record.id);
+          try {
+            const lease = await this.ctx.acquireLease(record.id, worker.id);
+            await bounded(remote.pushLease(worker, lease), `lease renewal on worker ${worker.id}`);
+          } catch (err) {
+            if (!isStacyError(err, 'lease_conflict')) throw err;
+            // Another holder has the lease: reviving the sandbox here is not this server's call.
+            this.ctx.log.warn({ sandboxId: record.id, workerId: worker.id }, 'worker back, but the sandbox is leased by another holder; left unhealthy');
+            continue;
+          }
           await this.ctx.store.updateSandbox(record.id, { state: 'running', stateReason: null, updatedAt: this.ctx.clock.now() });
           this.ctx.log.info({ sandboxId: record.id, workerId: worker.id }, 'worker back; sandbox running again');
         }

@@ -29,6 +29,11 @@ export interface RemoteWorkers {
    * transport reported (`lease_conflict` when the worker has already seen a newer generation).
    */
   pushLease(worker: WorkerRecord, lease: LeaseRecord): Promise<void>;
+  /**
+   * Fails every call in flight to the worker now with `remote_worker_rpc_unavailable` carrying
+   * `reason`; later calls connect afresh. No-op when nothing is connected to it.
+   */
+  abandon(workerId: string, reason: string): void;
 }
 
 export interface OrchestratorOptions {

@@ -62,6 +62,19 @@ export class RemoteWorkerPool {
     await (await this.client(worker)).renewLease(leaseToWire(lease));
   }
 
+  /**
+   * Cuts every call in flight to the worker with `remote_worker_rpc_unavailable` (carrying
+   * `reason`) and drops its connections; the next call connects afresh. No-op when there is no
+   * connection to it.
+   */
+  abandon(workerId: string, reason: string): void {
+    const client = this.clients.get(workerId);
+    if (client === undefined) return;
+    this.clients.delete(workerId);
+    for (const key of [...this.providers.keys()]) if (key.startsWith(`${workerId}\u0000`)) this.providers.delete(key);
+    void client.abort(reason);
+  }
+
   /** Closes every connection. */
   async close(): Promise<void> {
     const clients = [...this.clients.values()];

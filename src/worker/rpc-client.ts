@@ -84,6 +84,8 @@ export class RemoteWorkerClient {
   private readonly requestTimeoutMs: number;
   private readonly spawnTimeoutMs: number;
   private readonly streamIdleTimeoutMs: number;
+  /** Set by abort(): every call in flight and every later call fails with it. */
+  private cut: StacyError | undefined;
 
   constructor(options: RemoteWorkerClientOptions) {
     this.workerId = options.workerId;
@@ -165,6 +167,7 @@ export class RemoteWorkerClient {
           if (result.data !== '') yield result;
         }
       } catch (err) {
+        if (this.cut !== undefined) throw this.cut;
         throw isStacyError(err) || abort.signal.aborted ? err : this.unavailable(err);
       }
       throw new StacyError('remote_worker_rpc_unavailable', `worker ${this.describe()}: exec stream ended before the command's exit`);
@@ -238,7 +241,20 @@ export class RemoteWorkerClient {
 
   /** Closes pooled connections. */
   async close(): Promise<void> {
+    // abort() has already torn the connections down.
+    if (this.cut !== undefined) return;
     await this.pool.close();
+  }
+
+  /**
+   * Gives up on the worker at once: calls in flight (unary and streams) fail now with
+   * `remote_worker_rpc_unavailable` carrying `reason`, and so does every later call. Used when
+   * the worker is known to be unreachable (its heartbeat went stale) so that nobody waits out
+   * a reply bound on a connection whose packets are being dropped.
+   */
+  async abort(reason: string): Promise<void> {
+    this.cut ??= new StacyError('remote_worker_rpc_unavailable', `worker ${this.describe()}: ${reason}; calls to it were cut`);
+    await this.pool.destroy(this.cut).catch(() => undefined);
   }
 
   private defaultTimeout(method: UnaryMethod, params: unknown): number {
@@ -257,6 +273,7 @@ export class RemoteWorkerClient {
   }
 
   private async open(request: { id: string }, headersTimeout: number, bodyTimeout: number, options: CallOptions): Promise<{ statusCode: number; body: ResponseBody }> {
+    if (this.cut !== undefined) throw this.cut;
     const headers = {
       ...(await this.credentials.headers('worker:rpc')),
       'content-type': 'application/json',
@@ -274,6 +291,7 @@ export class RemoteWorkerClient {
       });
       return { statusCode: res.statusCode, body: res.body };
     } catch (err) {
+      if (this.cut !== undefined) throw this.cut;
       if (options.signal?.aborted) throw err;
       throw this.unavailable(err);
     }
@@ -283,6 +301,7 @@ export class RemoteWorkerClient {
     try {
       return await body.text();
     } catch (err) {
+      if (this.cut !== undefined) throw this.cut;
       if (options.signal?.aborted) throw err;
       throw this.unavailable(err);
     }
@@ -460,11 +479,6 @@ export class RemoteProvider implements Provider {
     const ref = this.refOf(runtimeId);
     if (ref === undefined) return;
     await this.client.destroy(ref, await this.leases(ref.sandbox_id, 'destroy'), this.ctx());
-  }
-
-  /** Renews the sandbox's fencing on the worker with the supplier's current lease. */
-  async renewLease(sandboxId: string): Promise<WireLease> {
-    return this.client.renewLease(await this.leases(sandboxId, 'renew'), this.ctx());
   }
 
   async *execStream(runtimeId: string, request: ExecRequest, signal?: AbortSignal): AsyncIterable<ExecEvent> {

@@ -45,6 +45,10 @@ export interface WorkerStartOptions {
   /** Reuse a data dir (a restarted worker); a new one otherwise. */
   dataDir?: string;
   env?: Record<string, string>;
+  /** `--listen` address; default `127.0.0.1:0`. */
+  listen?: string;
+  /** Argv prefix the worker runs under, e.g. `['ip', 'netns', 'exec', ns]`; default none. */
+  wrap?: string[];
 }
 
 export interface RemoteCluster {
@@ -104,14 +108,16 @@ export async function startWorkerProcess(controlPlane: ServerProcess, id: string
     '--worker-token',
     WORKER_TOKEN,
     '--listen',
-    '127.0.0.1:0',
+    options.listen ?? '127.0.0.1:0',
     '--providers',
     options.providers ?? 'mock',
     '--heartbeat-interval',
     options.heartbeatInterval ?? '500ms',
     ...(options.args ?? []),
   ];
-  const proc = spawn(process.execPath, args, { env: workerEnv(dataDir, options.env ?? {}), stdio: ['ignore', 'pipe', 'pipe'] });
+  const wrap = options.wrap ?? [];
+  const [command, ...prefix] = wrap.length > 0 ? [...wrap, process.execPath] : [process.execPath];
+  const proc = spawn(command as string, [...prefix, ...args], { env: workerEnv(dataDir, options.env ?? {}), stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   proc.stdout?.on('data', (d: Buffer) => (out += d.toString()));
   proc.stderr?.on('data', (d: Buffer) => (out += d.toString()));
@@ -125,7 +131,7 @@ export async function startWorkerProcess(controlPlane: ServerProcess, id: string
     for (;;) {
       if (proc.exitCode !== null || proc.signalCode !== null) throw new Error(`worker ${id} exited with ${proc.exitCode ?? proc.signalCode} before registering:\n${out}`);
       if (Date.now() > deadline) throw new Error(`worker ${id} did not register within ${START_TIMEOUT_MS}ms:\n${out}`);
-      rpcUrl ??= /"url":"(https?:\/\/127\.0\.0\.1:\d+)"[^\n]*"msg":"worker RPC listening"/.exec(out)?.[1];
+      rpcUrl ??= /"url":"(https?:\/\/[^"]+)"[^\n]*"msg":"worker RPC listening"/.exec(out)?.[1];
       if (rpcUrl !== undefined) {
         const listed = await call('GET', `${controlPlane.api}/workers/${encodeURIComponent(id)}`);
         const body = listed.body as { status?: string; capacity?: { rpc_url?: string } } | undefined;

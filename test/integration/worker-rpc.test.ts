@@ -378,6 +378,44 @@ describe('misbehaving and unreachable workers', () => {
     }
   });
 
+  it('abort() cuts calls in flight (unary and streamed) at once with the reason, well inside their bounds', async () => {
+    const sockets = new Set<Socket>();
+    const silent: Server = createServer((s) => sockets.add(s));
+    await new Promise<void>((r) => silent.listen(0, '127.0.0.1', () => r()));
+    const port = (silent.address() as { port: number }).port;
+    // Default bounds (60 s reply, 30 s stream idle): only abort() can end these calls quickly.
+    const c = new RemoteWorkerClient({ workerId: 'w1', url: `http://127.0.0.1:${port}`, credential: { kind: 'token', token: 't' } });
+    try {
+      const p = new RemoteProvider({ client: c, provider: 'mock', capabilities: { isolation: 'none', features: [] }, leases: new TestLeases('w1').supplier });
+      const unary = c.heartbeat().then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      const streamed = (async () => {
+        for await (const _ of p.execStream(RemoteProvider.handle(newSandboxId(), 'mock-0000000000000000'), { command: 'true', args: [], mode: 'shell', env: {}, timeoutMs: 1000 })) void _;
+      })().then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      await new Promise((r) => setTimeout(r, 300));
+      expect(sockets.size).toBeGreaterThan(0);
+      const t0 = Date.now();
+      await c.abort('its heartbeat is stale');
+      for (const err of [await unary, await streamed]) {
+        expect(err).toBeInstanceOf(StacyError);
+        expect(err).toMatchObject({ code: 'remote_worker_rpc_unavailable' });
+        expect((err as StacyError).message).toContain('its heartbeat is stale');
+      }
+      expect(Date.now() - t0).toBeLessThan(5_000);
+      // A client that was cut stays cut: later calls fail at once the same way.
+      expect(await codeOf(() => c.heartbeat())).toBe('remote_worker_rpc_unavailable');
+    } finally {
+      await c.close();
+      for (const s of sockets) s.destroy();
+      await new Promise<void>((r) => silent.close(() => r()));
+    }
+  });
+
   it('a stream that goes silent without keepalives is unavailable after the idle bound, not a hang', async () => {
     const d = await startTestWorker({ streamKeepaliveMs: 60_000 });
     const c = new RemoteWorkerClient({ workerId: 'w1', url: d.url, credential: { kind: 'token', token: 'shared-worker-token' }, streamIdleTimeoutMs: 500 });

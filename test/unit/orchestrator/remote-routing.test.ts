@@ -14,7 +14,7 @@ import { createOrchestrator, type Orchestrator } from '../../../src/orchestrator
 import { MockProvider } from '../../../src/providers/mock/mock-provider.js';
 import type { Store } from '../../../src/store/store.js';
 import { RemoteWorkerPool } from '../../../src/worker/remote-pool.js';
-import { RemoteWorkerClient } from '../../../src/worker/rpc-client.js';
+import { RemoteProvider, RemoteWorkerClient } from '../../../src/worker/rpc-client.js';
 import { leaseToWire } from '../../../src/workerproto/index.js';
 import { SIGNING_KEY, startTestWorker, type TestWorker } from '../../integration/worker-harness.js';
 import { anon, leaseHolder, sqliteMemory, testConfig } from './harness.js';
@@ -134,6 +134,73 @@ describe('remote routing in the orchestrator', () => {
     // A worker that stops advertising the provider takes it out of the cluster's set.
     await s.orch.heartbeat('w1', { hostname: 'w1', status: 'online', providers: ['other'], capabilities: [], capacity: { rpcUrl: s.worker.url } });
     await expect(s.orch.spawn({ provider: 'mock', image: 'host' }, anon)).rejects.toMatchObject({ code: 'bad_request' });
+  });
+
+  it('calls in flight when the worker turns stale are cut with 503 at once, and the worker is reached again once it heartbeats', async () => {
+    s = await setup();
+    const config = testConfig();
+    const sb = await s.orch.spawn({ provider: 'mock', image: 'host', ttlMs: 60 * 60_000 }, anon);
+    // A reply that will not come for 20 s stands for a worker cut off mid-call: the call's own
+    // bound (its timeout + 30 s) is far away.
+    const buffered = s.orch.exec(sb.id, { command: 'sleep 20', args: [], mode: 'shell', env: {}, timeoutMs: 30_000 }, anon).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    const streamed = (async () => {
+      for await (const _ of s.orch.execStream(sb.id, { command: 'sleep 20', args: [], mode: 'shell', env: {}, timeoutMs: 30_000 }, anon)) void _;
+    })().then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    await new Promise((r) => setTimeout(r, 500));
+    s.clock.advance(config.workers.staleAfterMs + 1_000);
+    const t0 = Date.now();
+    await tick(s.orch);
+    for (const err of [await buffered, await streamed]) {
+      expect(err).toMatchObject({ code: 'remote_worker_rpc_unavailable' });
+      expect((err as Error).message).toContain('stale');
+    }
+    expect(Date.now() - t0).toBeLessThan(5_000);
+    expect((await s.orch.get(sb.id, anon)).state).toBe('unhealthy');
+
+    await s.beat();
+    await tick(s.orch);
+    expect((await s.orch.get(sb.id, anon)).state).toBe('running');
+    const r = await s.orch.exec(sb.id, { command: 'echo back', args: [], mode: 'shell', env: {} }, anon);
+    expect(r.stdout).toBe('back\n');
+  });
+
+  it('a worker that returns is shown the current lease generation before its sandboxes run again, so an older holder is refused', async () => {
+    s = await setup();
+    const config = testConfig();
+    const sb = await s.orch.spawn({ provider: 'mock', image: 'host', ttlMs: 60 * 60_000 }, anon);
+    // The lease the sandbox was spawned under: what a caller that lost track of the partition
+    // would still present, its expiry still ahead by its own clock.
+    const old = await s.store.getLease(sb.id);
+    expect(old?.holderId).toBe('w1');
+
+    s.clock.advance(config.workers.staleAfterMs + 1_000);
+    await tick(s.orch);
+    expect((await s.orch.get(sb.id, anon)).state).toBe('unhealthy');
+    await s.beat();
+    await tick(s.orch);
+    expect((await s.orch.get(sb.id, anon)).state).toBe('running');
+
+    const ref = RemoteProvider.parseHandle((await s.orch.get(sb.id, anon)).runtimeId as string);
+    const client = new RemoteWorkerClient({ workerId: 'w1', url: s.worker.url, credential: { kind: 'signing_key', keys: [SIGNING_KEY] } });
+    try {
+      const err = await client
+        .destroy({ sandbox_id: sb.id, provider: 'mock', runtime_id: ref?.runtimeId as string }, leaseToWire(old as NonNullable<typeof old>))
+        .then(
+          () => undefined,
+          (e: unknown) => e,
+        );
+      expect(err).toMatchObject({ code: 'lease_conflict' });
+      expect((err as Error).message).toContain('older than generation');
+    } finally {
+      await client.close();
+    }
+    expect(await runtimesOn(s.worker)).toEqual([sb.id]);
   });
 
   it('a worker with no rpc_url is 503 remote_worker_rpc_unavailable and nothing is created', async () => {
