@@ -118,13 +118,15 @@ async function main(): Promise<void> {
 
   const size = STREAM_MB * 1024 * 1024;
   const big: ExecRequest = { command: `head -c ${size} /dev/zero`, args: [], mode: 'shell', env: {}, timeoutMs: 300_000 };
-  const throughput = async (provider: Provider, rt: string) => {
+  /** MiB/s of `transfer`, which must move exactly `size` bytes. */
+  const mibPerSecond = async (transfer: () => Promise<number>) => {
     const t0 = performance.now();
-    const bytes = await drain(provider, rt, big);
+    const bytes = await transfer();
     const seconds = (performance.now() - t0) / 1000;
     if (bytes !== size) throw new Error(`expected ${size} bytes, got ${bytes}`);
     return round(bytes / 1024 / 1024 / seconds);
   };
+  const throughput = (provider: Provider, rt: string) => mibPerSecond(() => drain(provider, rt, big));
   await throughput(remote, remoteRt); // warm
   const streamRemote = await throughput(remote, remoteRt);
   const streamLocal = await throughput(localMock, localRt);
@@ -133,14 +135,12 @@ async function main(): Promise<void> {
   const makeFile: ExecRequest = { command: `head -c ${size} /dev/zero > big.bin`, args: [], mode: 'shell', env: {}, timeoutMs: 300_000 };
   await drain(remote, remoteRt, makeFile);
   await drain(localMock, localRt, makeFile);
-  const readThroughput = async (provider: Provider, rt: string) => {
-    const t0 = performance.now();
-    let bytes = 0;
-    for await (const chunk of await provider.readFile(rt, '/workspace/big.bin')) bytes += (chunk as Buffer).length;
-    const seconds = (performance.now() - t0) / 1000;
-    if (bytes !== size) throw new Error(`expected ${size} bytes, got ${bytes}`);
-    return round(bytes / 1024 / 1024 / seconds);
-  };
+  const readThroughput = (provider: Provider, rt: string) =>
+    mibPerSecond(async () => {
+      let bytes = 0;
+      for await (const chunk of await provider.readFile(rt, '/workspace/big.bin')) bytes += (chunk as Buffer).length;
+      return bytes;
+    });
   await readThroughput(remote, remoteRt); // warm
   const readRemote = await readThroughput(remote, remoteRt);
   const readLocal = await readThroughput(localMock, localRt);

@@ -3,6 +3,7 @@
  * server. Failures become ClientError with the server's catalog code, so the CLI can print
  * one clear line.
  */
+import { ndjsonLines } from '../core/ndjson.js';
 
 export class ClientError extends Error {
   constructor(
@@ -80,17 +81,6 @@ export class ApiClient {
   async *execStream(id: string, body: Record<string, unknown>, signal?: AbortSignal): AsyncGenerator<StreamLine> {
     const res = await this.send('POST', `/sandboxes/${encodeURIComponent(id)}/exec`, { ...body, stream: true }, signal);
     if (res.body === null) return;
-    const decoder = new TextDecoder();
-    let buffered = '';
-    for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
-      buffered += decoder.decode(chunk, { stream: true });
-      let nl: number;
-      while ((nl = buffered.indexOf('\n')) >= 0) {
-        const line = buffered.slice(0, nl).trim();
-        buffered = buffered.slice(nl + 1);
-        if (line !== '') yield JSON.parse(line) as StreamLine;
-      }
-    }
-    if (buffered.trim() !== '') yield JSON.parse(buffered) as StreamLine;
+    for await (const line of ndjsonLines(res.body as unknown as AsyncIterable<Uint8Array>)) yield JSON.parse(line) as StreamLine;
   }
 }

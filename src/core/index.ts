@@ -5,3 +5,4 @@ export * from './clock.js';
 export * from './types.js';
 export * from './paths.js';
 export * from './version.js';
+export * from './ndjson.js';

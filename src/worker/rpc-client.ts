@@ -7,13 +7,13 @@
  * timeouts, a stream that stops mid-way) becomes `remote_worker_rpc_unavailable` (503); nothing
  * waits without a bound. Errors the worker reports come back as the StacyError it raised.
  */
-import { StringDecoder } from 'node:string_decoder';
 import { Readable } from 'node:stream';
 import { Pool, type Dispatcher } from 'undici';
 import { StacyError, isStacyError } from '../core/errors.js';
 import { formatDuration, parseDuration } from '../core/duration.js';
 import { systemClock, type Clock } from '../core/clock.js';
 import { SANDBOX_ID_PATTERN, newId } from '../core/ids.js';
+import { ndjsonLines } from '../core/ndjson.js';
 import type {
   ExecEvent,
   ExecRequest,
@@ -325,21 +325,6 @@ function outputChunkOf(value: unknown, id: string): (StreamChunk & { bytes: Buff
   const bytes = Buffer.from(r.data, 'base64');
   if (bytes.toString('base64') !== r.data) return undefined;
   return { stream: r.stream, data: r.data, bytes };
-}
-
-/** The non-empty lines of an NDJSON body, as they arrive. */
-async function* ndjsonLines(body: ResponseBody): AsyncGenerator<string> {
-  const decoder = new StringDecoder('utf8');
-  let buffered = '';
-  for await (const chunk of body) {
-    buffered += decoder.write(chunk as Buffer);
-    let nl: number;
-    while ((nl = buffered.indexOf('\n')) >= 0) {
-      const line = buffered.slice(0, nl);
-      buffered = buffered.slice(nl + 1);
-      if (line.length > 0) yield line;
-    }
-  }
 }
 
 function parseJson(text: string, method: string, who: string): unknown {
