@@ -24,7 +24,15 @@ function worker(args: string[], dataDir: string): Promise<{ code: number; stderr
 function workerEnv(dataDir: string): NodeJS.ProcessEnv {
   const env: NodeJS.ProcessEnv = {};
   for (const [k, v] of Object.entries(process.env)) if (!k.startsWith('STACYVM_')) env[k] = v;
-  return { ...env, STACYVM_DATA_DIR: dataDir, STACYVM_LOGGING_LEVEL: 'error' };
+  // Only the mock provider: probing others would only slow the start on a loaded machine.
+  return {
+    ...env,
+    STACYVM_DATA_DIR: dataDir,
+    STACYVM_LOGGING_LEVEL: 'error',
+    STACYVM_PROVIDERS_DEFAULT: 'mock',
+    STACYVM_PROVIDERS_OCI_ENABLED: 'false',
+    STACYVM_PROVIDERS_DOCKER_ENABLED: 'false',
+  };
 }
 
 const built = () => (existsSync(CLI) ? null : `${CLI} is not built (npm run build)`);
@@ -61,14 +69,26 @@ describe.skipIf(!hostSupports('worker against a real control plane', built))('wo
     const proc = spawn(
       process.execPath,
       [CLI, 'worker', '--id', 'wcp', '--control-plane', server.url, '--worker-token', TOKEN, '--providers', 'mock', '--listen', '127.0.0.1:0', '--heartbeat-interval', '500ms'],
-      { env: workerEnv(workerData), stdio: 'ignore' },
+      { env: workerEnv(workerData), stdio: ['ignore', 'ignore', 'pipe'] },
     );
+    let stderr = '';
+    proc.stderr?.on('data', (d: Buffer) => (stderr += d.toString()));
     const exited = new Promise<number | null>((r) => proc.once('exit', (code) => r(code)));
+    // A worker that exits early fails the wait at once, with what it printed.
+    const alive = () => {
+      if (proc.exitCode !== null || proc.signalCode !== null) throw new Error(`worker exited (${proc.exitCode ?? proc.signalCode}): ${stderr}`);
+    };
     try {
       const status = async () => ((await call('GET', `${server.api}/workers/wcp`)).body as { status: string; capacity: { rpc_url?: string } });
-      await until(async () => (await status()).capacity.rpc_url?.startsWith('http://127.0.0.1:') === true);
+      await until(async () => {
+        alive();
+        return (await status()).capacity.rpc_url?.startsWith('http://127.0.0.1:') === true;
+      });
       proc.kill('SIGTERM');
-      await until(async () => (await status()).status === 'draining');
+      await until(async () => {
+        alive();
+        return (await status()).status === 'draining';
+      });
       proc.kill('SIGTERM');
       expect(await exited).toBe(0);
       expect((await status()).status).toBe('offline');
