@@ -419,8 +419,12 @@ function validate(c: Config, ctx: ValidationContext): void {
     if (!WORKER_ID_PATTERN.test(id)) fail(key, 'is not a valid worker id (letters, digits, ".", "_", "-"; at most 128)');
     if (token === '') fail(key, 'token must not be empty');
   }
+  // Whoever holds a signing key can mint any worker's token, so it must not double as a key or
+  // a static token someone else is given.
+  const otherSecrets = [...userKeys, a.workerToken, ...Object.values(a.workerTokens)].filter((k) => k !== '');
   a.workerSigningKeys.forEach((k, i) => {
     if (k.length < MIN_SIGNING_KEY_LENGTH) fail('auth.worker_signing_keys', `key #${i + 1} is shorter than ${MIN_SIGNING_KEY_LENGTH} characters`);
+    if (otherSecrets.includes(k)) fail('auth.worker_signing_keys', `key #${i + 1} must differ from auth.api_key, auth.admin_api_key and the worker tokens`);
   });
 
   if (ok('database.driver', 'database.dsn') && c.database.driver === 'postgres' && c.database.dsn.trim() === '') {

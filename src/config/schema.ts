@@ -86,7 +86,7 @@ export const CONFIG_KEYS = [
   { path: 'auth.admin_fallback_enabled', kind: 'bool', default: false, doc: 'When no admin key is set, let the API key open /admin routes too.' },
   { path: 'auth.worker_token', kind: 'string', default: '', secret: true, doc: 'Shared token every worker may present (staging setups).' },
   { path: 'auth.worker_tokens', kind: 'map', default: {}, secret: true, doc: 'Per-worker tokens (`worker_tokens.<id>: token`); a worker with an entry here must use it instead of the shared token. Env form: `id=token,id2=token2`.' },
-  { path: 'auth.worker_signing_keys', kind: 'list', default: [], secret: true, doc: 'HMAC-SHA256 keys for signed worker tokens (at least 32 characters each): the first signs, all verify, so keys rotate by prepending.' },
+  { path: 'auth.worker_signing_keys', kind: 'list', default: [], secret: true, doc: 'HMAC-SHA256 keys for signed worker tokens (at least 32 characters each, none equal to an API key or worker token): the first signs, all verify, so keys rotate by prepending.' },
   { path: 'auth.revoked_token_ids', kind: 'list', default: [], doc: 'jti values of signed worker tokens that are no longer accepted.' },
 
   { path: 'database.driver', kind: 'enum', values: ['sqlite', 'postgres'], default: 'sqlite', doc: 'Store backend.' },

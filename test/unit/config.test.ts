@@ -491,6 +491,8 @@ describe('validation reports every problem at once', () => {
     [{ STACYVM_AUTH_API_KEY: 'k', STACYVM_AUTH_WORKER_TOKEN: 'k' }, 'auth.worker_token', /differ/],
     [{ STACYVM_AUTH_ADMIN_API_KEY: 'k', STACYVM_AUTH_WORKER_TOKENS: 'w1=k' }, 'auth.worker_tokens.w1', /differ/],
     [{ STACYVM_AUTH_WORKER_SIGNING_KEYS: 'short' }, 'auth.worker_signing_keys', /32/],
+    [{ STACYVM_AUTH_API_KEY: 'kkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkk', STACYVM_AUTH_WORKER_SIGNING_KEYS: 'kkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkk' }, 'auth.worker_signing_keys', /differ/],
+    [{ STACYVM_AUTH_WORKER_TOKEN: 'kkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkk', STACYVM_AUTH_WORKER_SIGNING_KEYS: 'xkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkk,kkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkk' }, 'auth.worker_signing_keys', /differ/],
     [{ STACYVM_AUTH_WORKER_TOKENS: 'bad id=t' }, 'auth.worker_tokens.bad id', /worker id/],
     [{ STACYVM_AUTH_WORKER_TOKENS: 'w1=' }, 'auth.worker_tokens.w1', /empty/],
     [{ STACYVM_DEFAULTS_MEMORY_MB: '9000' }, 'defaults.memory_mb', /max_memory_mb/],
