@@ -4,7 +4,7 @@
  * replaced atomically: written to a temporary file, fsynced, renamed over the old one, and the
  * directory fsynced, so a crash leaves either the old or the new file, never a torn one.
  */
-import { closeSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, writeSync } from 'node:fs';
+import { closeSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { toIso } from '../core/clock.js';
 import { StacyError } from '../core/errors.js';
@@ -70,7 +70,9 @@ export class FileFenceJournal implements FenceJournal {
     const tmp = `${this.path}.tmp`;
     const fd = openSync(tmp, 'w', 0o600);
     try {
-      writeSync(fd, JSON.stringify(body));
+      // writeFileSync on a descriptor loops until every byte is written; one writeSync may
+      // write fewer (a disk filling up) without throwing, which would rename a torn file in.
+      writeFileSync(fd, JSON.stringify(body));
       fsyncSync(fd);
     } finally {
       closeSync(fd);

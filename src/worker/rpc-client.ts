@@ -193,8 +193,8 @@ export class RemoteWorkerClient {
     }
     const describe = this.describe();
     const unavailable = (err: unknown) => this.unavailable(err);
+    let complete = false;
     async function* chunks(): AsyncGenerator<Buffer> {
-      let complete = false;
       try {
         for await (const line of ndjsonLines(body)) {
           const result = parseResponse(request, parseJson(line, request.method, describe));
@@ -211,7 +211,14 @@ export class RemoteWorkerClient {
       }
       throw new StacyError('remote_worker_rpc_unavailable', `worker ${describe}: file read of ${params.path} ended before the end of the file`);
     }
-    return Readable.from(chunks(), { objectMode: false });
+    const out = Readable.from(chunks(), { objectMode: false });
+    // A stream destroyed before its first read never starts the generator, so its `finally`
+    // cannot be relied on to let go of the response: an unread body would hold the pooled
+    // connection, and the worker's read of the file, for good.
+    out.once('close', () => {
+      if (!complete) body.destroy();
+    });
+    return out;
   }
 
   /** Liveness and what the worker advertises. */

@@ -49,12 +49,19 @@ export interface WorkerRpcServerOptions {
   bodyLimitBytes?: number;
   /** Quiet time after which an exec stream sends an empty chunk. Default 5 s. */
   streamKeepaliveMs?: number;
+  /**
+   * How long a streamed reply may wait for a client that takes no more data before the
+   * connection is dropped (the command is stopped, the file closed). Default 5 min: far beyond
+   * any consumer that is merely slow, short of pinning a file or a process for good.
+   */
+  stalledWriteMs?: number;
   /** The lease fence lease-required calls pass (the daemon's, journalled); default a fresh in-memory one. */
   fence?: LeaseFence;
 }
 
 const DEFAULT_BODY_LIMIT = 64 * 1024 * 1024;
 const DEFAULT_KEEPALIVE_MS = 5_000;
+const DEFAULT_STALLED_WRITE_MS = 5 * 60_000;
 const REQUEST_ID = /^[\x21-\x7e]{1,128}$/;
 
 export class WorkerRpcServer {
@@ -65,6 +72,7 @@ export class WorkerRpcServer {
   private readonly node: WorkerNode;
   private readonly bodyLimit: number;
   private readonly keepaliveMs: number;
+  private readonly stalledWriteMs: number;
   private readonly tls: boolean;
   private boundUrl: string | undefined;
 
@@ -76,6 +84,7 @@ export class WorkerRpcServer {
     this.log = (options.logger ?? pino({ level: 'silent' })).child({ component: 'worker-rpc', worker_id: options.node.workerId });
     this.bodyLimit = options.bodyLimitBytes ?? DEFAULT_BODY_LIMIT;
     this.keepaliveMs = options.streamKeepaliveMs ?? DEFAULT_KEEPALIVE_MS;
+    this.stalledWriteMs = options.stalledWriteMs ?? DEFAULT_STALLED_WRITE_MS;
     const handler = (req: IncomingMessage, res: ServerResponse) => {
       this.handle(req, res).catch((err: unknown) => {
         this.log.error({ err }, 'rpc handler failed');
@@ -249,7 +258,7 @@ export class WorkerRpcServer {
         const next = await iterator.next();
         if (next.done === true || abort.signal.aborted) break;
         if (next.value.stream === 'exit') last = chunkLine(id, next.value);
-        else if (!write(chunkLine(id, next.value))) await drained(res);
+        else if (!write(chunkLine(id, next.value))) await drained(res, this.stalledWriteMs, log);
       }
     } catch (err) {
       if (!abort.signal.aborted) {
@@ -288,7 +297,7 @@ export class WorkerRpcServer {
         if (res.destroyed) break;
         const bytes = Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk as string);
         // Base64 needs no JSON escaping, so the line is spliced rather than stringified.
-        if (bytes.length > 0 && !res.write(`${prefix}${bytes.toString('base64')}"}}\n`)) await drained(res);
+        if (bytes.length > 0 && !res.write(`${prefix}${bytes.toString('base64')}"}}\n`)) await drained(res, this.stalledWriteMs, log);
       }
     } catch (err) {
       if (!(err instanceof StacyError)) log.error({ err }, 'file read failed mid-way');
@@ -354,14 +363,23 @@ async function discard(req: IncomingMessage): Promise<void> {
   for await (const _ of req) void _;
 }
 
-/** Resolves when the response can take more data or the connection is gone. */
-function drained(res: ServerResponse): Promise<void> {
+/**
+ * Resolves when the response can take more data or the connection is gone. A client that takes
+ * nothing for `stalledMs` has its connection dropped, which ends the wait as well: nothing on the
+ * worker waits for a reader without a bound.
+ */
+function drained(res: ServerResponse, stalledMs: number, log: Logger): Promise<void> {
   return new Promise((resolve) => {
     const done = () => {
+      clearTimeout(timer);
       res.off('drain', done);
       res.off('close', done);
       resolve();
     };
+    const timer = setTimeout(() => {
+      log.warn({ stalled_ms: stalledMs }, 'client took no data; dropping the connection');
+      res.destroy();
+    }, stalledMs);
     res.on('drain', done);
     res.on('close', done);
   });

@@ -33,6 +33,7 @@ export interface TestWorkerOptions {
   tls?: WorkerRpcTlsOptions;
   clock?: Clock;
   streamKeepaliveMs?: number;
+  stalledWriteMs?: number;
   logger?: Logger;
 }
 
@@ -56,6 +57,7 @@ export async function startTestWorker(options: TestWorkerOptions = {}): Promise<
     clock,
     ...(options.tls ? { tls: options.tls } : {}),
     ...(options.streamKeepaliveMs !== undefined ? { streamKeepaliveMs: options.streamKeepaliveMs } : {}),
+    ...(options.stalledWriteMs !== undefined ? { stalledWriteMs: options.stalledWriteMs } : {}),
     ...(options.logger !== undefined ? { logger: options.logger } : {}),
   });
   const url = await server.listen(0, '127.0.0.1');

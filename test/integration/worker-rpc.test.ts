@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { createServer as createHttpServer } from 'node:http';
+import { createServer as createHttpServer, request as httpRequest } from 'node:http';
 import { createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -214,6 +214,62 @@ describe('worker RPC over HTTP', () => {
       // Errors the worker knows before it starts are ordinary refusals.
       expect(await codeOf(() => p.readFile(runtimeId, '/workspace/none.bin'))).toBe('not_found');
       expect(await codeOf(() => p.readFile(runtimeId, '/workspace'))).toBe('bad_request');
+    } finally {
+      await c.close();
+      await d.stop();
+    }
+  });
+
+  it('a file read given up before its first chunk frees the connection and the worker', { timeout: 60_000 }, async () => {
+    // One connection: a read that kept it would stall every later call to the worker.
+    const single = new RemoteWorkerClient({ workerId: 'w1', url: w.url, credential: { kind: 'signing_key', keys: [SIGNING_KEY] }, connections: 1 });
+    const p = await RemoteProvider.connect(single, 'mock', leases.supplier);
+    const { runtimeId } = await p.spawn({ sandboxId: newSandboxId(), image: 'host', memoryMb: 64, vcpus: 1, ownerId: null, workerId: 'w1', env: {}, labels: {} });
+    try {
+      await single.call('worker.exec', { ...refOf(runtimeId), ...shell('head -c 32M /dev/zero > big.bin') });
+      for (let i = 0; i < 2; i++) (await p.readFile(runtimeId, '/workspace/big.bin')).destroy();
+      const answered = await Promise.race([
+        p.stat(runtimeId, '/workspace/big.bin').then((e) => e.size),
+        new Promise<string>((r) => setTimeout(() => r('stalled'), 10_000)),
+      ]);
+      expect(answered).toBe(32 * 1024 * 1024);
+    } finally {
+      await p.destroy(runtimeId);
+      await single.close();
+    }
+  });
+
+  it('drops a reader that takes no data past the stall bound, closing the file', { timeout: 60_000 }, async () => {
+    const d = await startTestWorker({ stalledWriteMs: 500 });
+    const c = new RemoteWorkerClient({ workerId: 'w1', url: d.url, credential: { kind: 'signing_key', keys: [SIGNING_KEY] } });
+    try {
+      const p = await RemoteProvider.connect(c, 'mock', new TestLeases('w1').supplier);
+      const { runtimeId } = await p.spawn({ sandboxId: newSandboxId(), image: 'host', memoryMb: 64, vcpus: 1, ownerId: null, workerId: 'w1', env: {}, labels: {} });
+      await c.call('worker.exec', { ...refOf(runtimeId), ...shell('head -c 64M /dev/zero > big.bin') });
+      // A raw request whose reply is not read for a while: the worker's writes stop draining.
+      const body = JSON.stringify(createRequest('worker.file_read', 'w1', { ...refOf(runtimeId), path: '/workspace/big.bin' }));
+      const outcome = await new Promise<{ complete: boolean; bytes: number }>((resolve, reject) => {
+        const req = httpRequest(`${d.url}/rpc`, { method: 'POST', headers: { 'content-type': 'application/json', 'x-worker-id': 'w1', 'x-worker-token': signed() } });
+        req.on('response', (res) => {
+          expect(res.statusCode).toBe(200);
+          res.pause();
+          // Well past the bound, the reader comes back: the worker has given up on it by then.
+          setTimeout(() => {
+            let text = '';
+            res.setEncoding('utf8');
+            res.on('data', (chunk: string) => (text += chunk));
+            const settle = () => resolve({ complete: text.includes('"eof":true'), bytes: text.length });
+            res.once('end', settle);
+            res.once('aborted', settle);
+            res.once('error', settle);
+            res.resume();
+          }, 2_000);
+        });
+        req.on('error', reject);
+        req.end(body);
+      });
+      expect(outcome.complete).toBe(false);
+      expect(outcome.bytes).toBeLessThan(64 * 1024 * 1024);
     } finally {
       await c.close();
       await d.stop();

@@ -157,6 +157,11 @@ function errorLine(err: unknown): string {
 async function streamExec(req: FastifyRequest<{ Params: { id: string } }>, reply: FastifyReply, ctx: ApiContext, call: ExecCall): Promise<FastifyReply> {
   const abort = new AbortController();
   ctx.streams.add(abort);
+  // Listened for from the start: a client may be gone before the first event, and then the
+  // command must stop rather than run to its timeout.
+  reply.raw.on('close', () => {
+    if (!reply.raw.writableFinished) abort.abort();
+  });
   const iterator = ctx.service.execStream(req.params.id, call, callerOf(req), abort.signal)[Symbol.asyncIterator]();
   const first = iterator.next();
   let timer: NodeJS.Timeout | undefined;
@@ -174,7 +179,9 @@ async function streamExec(req: FastifyRequest<{ Params: { id: string } }>, reply
   }
   // A failure before the grace period ended propagated above and is rendered by the error mapper.
 
+  let started = false;
   async function* lines(): AsyncGenerator<string> {
+    started = true;
     const decoders: StreamDecoders = { stdout: new StringDecoder('utf8'), stderr: new StringDecoder('utf8') };
     try {
       let next = early === 'grace' ? await first : early;
@@ -196,8 +203,13 @@ async function streamExec(req: FastifyRequest<{ Params: { id: string } }>, reply
   }
 
   const body = Readable.from(lines(), { objectMode: false });
-  reply.raw.on('close', () => {
-    if (!reply.raw.writableFinished) abort.abort();
+  // A body destroyed before its first read (the client left during the grace period) never
+  // runs lines(), so its clean-up happens here instead.
+  body.once('close', () => {
+    if (started) return;
+    abort.abort();
+    ctx.streams.delete(abort);
+    void iterator.return?.();
   });
   // During shutdown the connection is not kept alive for another request: close waits on it.
   const socket = reply.raw.socket;

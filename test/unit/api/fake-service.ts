@@ -38,6 +38,8 @@ export class FakeService implements SandboxService {
   spawnError: StacyError | null = null;
   /** A gate the streaming exec waits on between its first and second chunk. */
   streamGate: Promise<void> = Promise.resolve();
+  /** Set when a `silent` exec stream saw its abort signal. */
+  silentAborted = false;
   private seq = 0;
 
   constructor() {
@@ -128,6 +130,19 @@ export class FakeService implements SandboxService {
       yield { type: 'stdout', data: Buffer.from([0x70, 0x3a, 0x20, 0xe2, 0x82]) };
       yield { type: 'stderr', data: Buffer.from([0xf0, 0x9f]) };
       yield { type: 'stdout', data: Buffer.from([0xac, 0x0a]) };
+      yield { type: 'exit', exitCode: 0, durationMs: 1 };
+      return;
+    }
+    if (request.command === 'silent') {
+      // Prints nothing until aborted (or 10 s): stands for a command still starting up.
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, 10_000);
+        signal?.addEventListener('abort', () => {
+          clearTimeout(timer);
+          this.silentAborted = true;
+          resolve();
+        });
+      });
       yield { type: 'exit', exitCode: 0, durationMs: 1 };
       return;
     }

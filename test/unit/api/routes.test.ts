@@ -1,3 +1,4 @@
+import { request as httpRequest } from 'node:http';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { FastifyInstance } from 'fastify';
 import { buildApp } from '../../../src/api/app.js';
@@ -151,6 +152,21 @@ describe('exec', () => {
       { stream: 'stderr', data: '\ufffd' },
       { stream: 'exit', data: '', exit_code: 0, duration: '1ms' },
     ]);
+  });
+
+  it('a client gone before the first output stops the command', async () => {
+    const { app, service } = await make();
+    const id = (await app.inject({ method: 'POST', url: '/api/v1/sandboxes' })).json().id;
+    const url = await app.listen({ port: 0, host: '127.0.0.1' });
+    const req = httpRequest(`${url}/api/v1/sandboxes/${id}/exec`, { method: 'POST', headers: { 'content-type': 'application/json' } });
+    req.on('error', () => undefined);
+    req.end(JSON.stringify({ command: 'silent', stream: true }));
+    // Gone while the server still waits for the first event, before any status line.
+    await new Promise((r) => setTimeout(r, 20));
+    req.destroy();
+    const deadline = Date.now() + 3_000;
+    while (!service.silentAborted && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    expect(service.silentAborted).toBe(true);
   });
 
   it('ends a failing stream with an error line, and an unknown sandbox with a 404', async () => {
