@@ -29,6 +29,12 @@ export interface KeyDef {
 const underDataDir = (sub: string) => (dataDir: string) => `${dataDir.replace(/\/+$/, '')}/${sub}`;
 
 const MiB = 1024 * 1024;
+/**
+ * The longest lease the control plane grants is max(worker.lease_ttl, workers.stale_after).
+ * Workers forget a finished sandbox's fencing floor 15 minutes after its newest lease expired
+ * (FENCE_RETAIN_MS in src/workerproto/fence.ts), which is only safe while no lease lives longer.
+ */
+const LONGEST_LEASE_MS = 15 * 60_000;
 
 /** Every key, in documentation order. */
 export const CONFIG_KEYS = [
@@ -98,7 +104,7 @@ export const CONFIG_KEYS = [
 
   { path: 'worker.id', kind: 'string', default: 'local', doc: 'Id this process registers as in the worker registry.' },
   { path: 'worker.heartbeat_interval', kind: 'duration', default: 30_000, min: 1, doc: 'How often this process refreshes its worker heartbeat.' },
-  { path: 'worker.lease_ttl', kind: 'duration', default: 2 * 60_000, min: 1, doc: 'Lifetime of ownership leases this process acquires; renewed while work continues.' },
+  { path: 'worker.lease_ttl', kind: 'duration', default: 2 * 60_000, min: 1, max: LONGEST_LEASE_MS, doc: 'Lifetime of ownership leases this process acquires; renewed while work continues. At most 15m.' },
   { path: 'worker.max_sandboxes', kind: 'int', default: 0, min: 0, doc: 'Sandboxes this server places on its own providers; once it has that many, placement picks a remote worker. 0 = defaults.max_sandboxes.' },
   { path: 'worker.rpc_credential', kind: 'enum', values: ['auto', 'token', 'signed'], default: 'auto', doc: 'What the control plane presents on its calls to remote workers: "token" (the worker\'s entry in auth.worker_tokens, else auth.worker_token), "signed" (short-lived aud worker:rpc tokens minted with auth.worker_signing_keys), "auto" (signed when signing keys are configured, else token).' },
   { path: 'worker.rpc_tls.ca', kind: 'string', default: '', doc: 'Control plane side: PEM file with the CA that signs workers\' RPC server certificates (https rpc_url); empty trusts the system store.' },
@@ -110,7 +116,7 @@ export const CONFIG_KEYS = [
   { path: 'worker.rpc_server_tls.client_ca', kind: 'string', default: '', doc: 'Worker side: PEM CA that must sign the control plane\'s client certificate (mTLS); empty accepts any client.' },
   { path: 'worker.rpc_server_tls.client_cert_optional', kind: 'bool', default: false, doc: 'Worker side: with client_ca, accept connections without a client certificate (one that is presented must still verify).' },
 
-  { path: 'workers.stale_after', kind: 'duration', default: 2 * 60_000, min: 1, doc: 'A worker whose last heartbeat is older than this is stale.' },
+  { path: 'workers.stale_after', kind: 'duration', default: 2 * 60_000, min: 1, max: LONGEST_LEASE_MS, doc: 'A worker whose last heartbeat is older than this is stale. At most 15m.' },
 
   { path: 'reconcile.unknown_runtimes', kind: 'enum', values: ['adopt', 'destroy'], default: 'adopt', doc: 'What start-up reconciliation does with provider runtimes the store does not know.' },
   { path: 'reconcile.reap_interval', kind: 'duration', default: 10_000, min: 1, doc: 'How often expired sandboxes are reaped.' },

@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { ConfigError, WORKER_ID_PATTERN, defaultConfig, loadConfig, redactConfig, type ConfigProblem } from '../../src/config/load.js';
 import { WORKER_ID_PATTERN as PROTO_WORKER_ID_PATTERN } from '../../src/workerproto/claims.js';
+import { FENCE_RETAIN_MS } from '../../src/workerproto/fence.js';
 import { CONFIG_KEYS, KEY_BY_ENV, coerce, defaultText, envNameOf, type KeyDef } from '../../src/config/schema.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'stacyvm-config-'));
@@ -491,6 +492,8 @@ describe('validation reports every problem at once', () => {
     [{ STACYVM_AUTH_API_KEY: 'k', STACYVM_AUTH_WORKER_TOKEN: 'k' }, 'auth.worker_token', /differ/],
     [{ STACYVM_AUTH_ADMIN_API_KEY: 'k', STACYVM_AUTH_WORKER_TOKENS: 'w1=k' }, 'auth.worker_tokens.w1', /differ/],
     [{ STACYVM_AUTH_WORKER_SIGNING_KEYS: 'short' }, 'auth.worker_signing_keys', /32/],
+    [{ STACYVM_WORKER_LEASE_TTL: '16m' }, 'worker.lease_ttl', /at most/],
+    [{ STACYVM_WORKERS_STALE_AFTER: '1h' }, 'workers.stale_after', /at most/],
     [{ STACYVM_AUTH_API_KEY: 'kkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkk', STACYVM_AUTH_WORKER_SIGNING_KEYS: 'kkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkk' }, 'auth.worker_signing_keys', /differ/],
     [{ STACYVM_AUTH_WORKER_TOKEN: 'kkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkk', STACYVM_AUTH_WORKER_SIGNING_KEYS: 'xkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkk,kkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkk' }, 'auth.worker_signing_keys', /differ/],
     [{ STACYVM_AUTH_WORKER_TOKENS: 'bad id=t' }, 'auth.worker_tokens.bad id', /worker id/],
@@ -641,5 +644,16 @@ describe('documentation', () => {
     const c = loadConfig({ file: new URL('../../stacyvm.example.yaml', import.meta.url).pathname, env: {} });
     expect(c.server.port).toBe(7423);
     expect(example).toContain('body_limit');
+  });
+});
+
+describe('lease lifetime limit', () => {
+  it("keeps every lease the control plane grants within the workers' fence retention", () => {
+    // A worker forgets a sandbox's floor FENCE_RETAIN_MS after its newest lease expired, so no
+    // lease may outlive that window (the longest granted is max(lease_ttl, stale_after)).
+    for (const path of ['worker.lease_ttl', 'workers.stale_after']) {
+      const def = CONFIG_KEYS.find((k) => k.path === path) as KeyDef;
+      expect(def.max, path).toBe(FENCE_RETAIN_MS);
+    }
   });
 });
