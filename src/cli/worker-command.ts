@@ -224,8 +224,10 @@ export function registerWorkerCommands(program: Command): void {
           await daemon.close();
           return;
         }
-        await daemon.start();
         // First SIGTERM drains (existing sandboxes keep working); a second one, or SIGINT, stops.
+        // Installed before start: the control plane lists the worker as soon as it has the first
+        // heartbeat, which is before this process has the reply, and a SIGTERM sent then must
+        // drain rather than kill.
         let draining = false;
         const stop = () => {
           process.off('SIGTERM', onTerm);
@@ -245,6 +247,7 @@ export function registerWorkerCommands(program: Command): void {
         };
         process.on('SIGTERM', onTerm);
         process.on('SIGINT', stop);
+        await daemon.start();
       }),
     );
 

@@ -439,9 +439,13 @@ export class OciProvider implements Provider {
         finish();
       })();
     });
-    const killTree = async (): Promise<void> => {
-      if (exited) return;
-      await this.killExecTree(meta, pidFile, marker);
+    // One kill at a time, remembered, so the stream does not end (with its timeout error, say)
+    // while a kill the timer started is still working through a forking process tree.
+    let killing: Promise<void> | undefined;
+    const killTree = (): Promise<void> => {
+      if (exited && killing === undefined) return Promise.resolve();
+      killing ??= this.killExecTree(meta, pidFile, marker);
+      return killing;
     };
     const timer = setTimeout(() => {
       timedOut = true;
@@ -461,6 +465,8 @@ export class OciProvider implements Provider {
         await killTree();
         await waitForExit(child, 5000);
       }
+      // The exec process may exit before the rest of its tree is gone.
+      await killing;
       void cleanup();
     }
   }
