@@ -242,14 +242,7 @@ export class WorkerRpcServer {
       if (!res.writableFinished) abort.abort();
     };
     res.on('close', onClose);
-    let lastWrite = Date.now();
-    const write = (line: string): boolean => {
-      lastWrite = Date.now();
-      return res.write(line);
-    };
-    const keepalive = setInterval(() => {
-      if (Date.now() - lastWrite >= this.keepaliveMs && !res.writableEnded) write(`${JSON.stringify(okResponse(id, { stream: 'stdout', data: '' }))}\n`);
-    }, Math.max(50, Math.floor(this.keepaliveMs / 2)));
+    const { write, stop: stopKeepalive } = keptAlive(res, `${JSON.stringify(okResponse(id, { stream: 'stdout', data: '' }))}\n`, this.keepaliveMs);
     const iterator = this.node.execStream(params, abort.signal);
     // The exit chunk is last; it leaves with the end of the response, in one write.
     let last = '';
@@ -266,7 +259,7 @@ export class WorkerRpcServer {
         last = `${JSON.stringify(errorResponse(id, err))}\n`;
       }
     } finally {
-      clearInterval(keepalive);
+      stopKeepalive();
       res.off('close', onClose);
       if (abort.signal.aborted) log.info('exec stream aborted: client went away');
       await iterator.return(undefined);
@@ -292,22 +285,42 @@ export class WorkerRpcServer {
     res.writeHead(200, { 'content-type': 'application/x-ndjson', 'cache-control': 'no-store' });
     const prefix = `{"id":${JSON.stringify(id)},"result":{"content":"`;
     let last = `${JSON.stringify(okResponse(id, { content: '', eof: true }))}\n`;
+    // A source that pauses (a FIFO, a slow mount) must not look like a dead worker.
+    const { write, stop: stopKeepalive } = keptAlive(res, `${prefix}"}}\n`, this.keepaliveMs);
     try {
       for await (const chunk of source) {
         if (res.destroyed) break;
         const bytes = Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk as string);
         // Base64 needs no JSON escaping, so the line is spliced rather than stringified.
-        if (bytes.length > 0 && !res.write(`${prefix}${bytes.toString('base64')}"}}\n`)) await drained(res, this.stalledWriteMs, log);
+        if (bytes.length > 0 && !write(`${prefix}${bytes.toString('base64')}"}}\n`)) await drained(res, this.stalledWriteMs, log);
       }
     } catch (err) {
       if (!(err instanceof StacyError)) log.error({ err }, 'file read failed mid-way');
       last = `${JSON.stringify(errorResponse(id, err))}\n`;
     } finally {
+      stopKeepalive();
       source.destroy();
       if (res.destroyed) log.info('file read aborted: client went away');
       else res.end(last);
     }
   }
+}
+
+/**
+ * Writes to a streamed reply, sending `keepalive` (an empty chunk line) whenever nothing was
+ * written for `keepaliveMs`, so the client can tell a quiet stream from a dead worker without a
+ * limit on how long the stream may stay quiet.
+ */
+function keptAlive(res: ServerResponse, keepalive: string, keepaliveMs: number): { write: (line: string) => boolean; stop: () => void } {
+  let lastWrite = Date.now();
+  const write = (line: string): boolean => {
+    lastWrite = Date.now();
+    return res.write(line);
+  };
+  const timer = setInterval(() => {
+    if (Date.now() - lastWrite >= keepaliveMs && !res.writableEnded) write(keepalive);
+  }, Math.max(50, Math.floor(keepaliveMs / 2)));
+  return { write, stop: () => clearInterval(timer) };
 }
 
 /**

@@ -35,13 +35,15 @@ export interface TestWorkerOptions {
   streamKeepaliveMs?: number;
   stalledWriteMs?: number;
   logger?: Logger;
+  /** Builds the worker's mock provider (a subclass, say) in the given directory. */
+  provider?: (root: string) => MockProvider;
 }
 
 /** Starts a worker; `stop` closes the server and removes its temp dir. */
 export async function startTestWorker(options: TestWorkerOptions = {}): Promise<TestWorker> {
   const workerId = options.workerId ?? 'w1';
   const root = await mkdtemp(join(tmpdir(), 'stacyvm-worker-rpc-'));
-  const provider = new MockProvider({ root });
+  const provider = options.provider?.(root) ?? new MockProvider({ root });
   const node = new WorkerNode({ workerId, providers: [provider], capacity: { maxSandboxes: 50 } });
   const auth: WorkerAuthSettings = {
     workerToken: 'shared-worker-token',

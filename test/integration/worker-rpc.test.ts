@@ -4,7 +4,7 @@ import { createServer as createHttpServer, request as httpRequest } from 'node:h
 import { createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Writable } from 'node:stream';
+import { Readable, Writable } from 'node:stream';
 import { pino } from 'pino';
 import { request } from 'undici';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -21,7 +21,9 @@ import {
   type WireLease,
   type WorkerMethod,
 } from '../../src/workerproto/index.js';
+import { MockProvider } from '../../src/providers/mock/mock-provider.js';
 import { RemoteProvider, RemoteWorkerClient, type RemoteWorkerTlsOptions } from '../../src/worker/rpc-client.js';
+import { readAll } from '../fixtures/exec.js';
 import { makeTestPki } from '../fixtures/tls.js';
 import { hasBinary, hostSupports } from '../host.js';
 import { SIGNING_KEY, TestLeases, startTestWorker, type TestWorker } from './worker-harness.js';
@@ -270,6 +272,36 @@ describe('worker RPC over HTTP', () => {
       });
       expect(outcome.complete).toBe(false);
       expect(outcome.bytes).toBeLessThan(64 * 1024 * 1024);
+    } finally {
+      await c.close();
+      await d.stop();
+    }
+  });
+
+  it('keeps a file read alive while its source pauses longer than the idle bound', { timeout: 30_000 }, async () => {
+    // A source that pauses (a FIFO, a slow mount) stands in for the file.
+    class PausingReads extends MockProvider {
+      override async readFile(runtimeId: string, path: string): Promise<Readable> {
+        const whole = await readAll(await super.readFile(runtimeId, path));
+        // The first chunk has gone out (and with it the reply's headers) before the pause.
+        return Readable.from(
+          (async function* () {
+            yield whole.subarray(0, 6);
+            await new Promise((r) => setTimeout(r, 1_500));
+            yield whole.subarray(6);
+          })(),
+        );
+      }
+    }
+    const d = await startTestWorker({ streamKeepaliveMs: 200, provider: (root) => new PausingReads({ root }) });
+    const c = new RemoteWorkerClient({ workerId: 'w1', url: d.url, credential: { kind: 'signing_key', keys: [SIGNING_KEY] }, streamIdleTimeoutMs: 700 });
+    try {
+      const p = await RemoteProvider.connect(c, 'mock', new TestLeases('w1').supplier);
+      const { runtimeId } = await p.spawn({ sandboxId: newSandboxId(), image: 'host', memoryMb: 64, vcpus: 1, ownerId: null, workerId: 'w1', env: {}, labels: {} });
+      await p.writeFile(runtimeId, '/workspace/slow.txt', Buffer.from('worth the wait'));
+      const chunks: Buffer[] = [];
+      for await (const chunk of await p.readFile(runtimeId, '/workspace/slow.txt')) chunks.push(chunk as Buffer);
+      expect(Buffer.concat(chunks).toString()).toBe('worth the wait');
     } finally {
       await c.close();
       await d.stop();
