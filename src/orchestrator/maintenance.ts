@@ -316,9 +316,7 @@ export class Maintenance {
     }
     for (const record of waiting.values()) {
       if (!worker.providers.includes(record.provider)) continue;
-      await this.ctx.store.updateSandbox(record.id, { state: 'destroyed', stateReason: 'runtime gone when its worker returned', updatedAt: this.ctx.clock.now() });
-      await this.ctx.releaseLease(record.id, worker.id);
-      this.ctx.emit('sandbox.destroyed', { sandboxId: record.id, workerId: worker.id, data: { provider: record.provider, ownerId: record.ownerId, reason: 'runtime gone when its worker returned' } });
+      await this.finishRemote(record, 'runtime gone when its worker returned');
     }
     this.awayWorkers.delete(worker.id);
   }
@@ -437,18 +435,22 @@ export class Maintenance {
     const now = this.ctx.clock.now();
     for (const record of records) {
       if (record.state !== 'creating' || !this.ctx.isRemote(record) || !(await this.reapableHere(record, now))) continue;
-      const workerId = record.workerId as string;
-      const reason = 'interrupted while creating (control plane restarted)';
       try {
-        await this.ctx.store.updateSandbox(record.id, { state: 'destroyed', stateReason: reason, updatedAt: now });
-        await this.ctx.releaseLease(record.id, workerId);
-        this.awayWorkers.add(workerId);
-        this.ctx.log.info({ sandboxId: record.id, workerId, reason }, 'reconcile: remote sandbox marked destroyed');
-        this.ctx.emit('sandbox.destroyed', { sandboxId: record.id, workerId, data: { provider: record.provider, ownerId: record.ownerId, reason } });
+        await this.finishRemote(record, 'interrupted while creating (control plane restarted)');
+        this.awayWorkers.add(record.workerId as string);
       } catch (err) {
         this.ctx.log.warn({ err, sandboxId: record.id }, 'reconcile: could not settle an interrupted remote spawn');
       }
     }
+  }
+
+  /** Marks a remote worker's sandbox destroyed without reaching its runtime, and releases the worker's lease. */
+  private async finishRemote(record: SandboxRecord, reason: string): Promise<void> {
+    const workerId = record.workerId as string;
+    await this.ctx.store.updateSandbox(record.id, { state: 'destroyed', stateReason: reason, updatedAt: this.ctx.clock.now() });
+    await this.ctx.releaseLease(record.id, workerId);
+    this.ctx.log.info({ sandboxId: record.id, workerId, reason }, 'remote sandbox marked destroyed');
+    this.ctx.emit('sandbox.destroyed', { sandboxId: record.id, workerId, data: { provider: record.provider, ownerId: record.ownerId, reason } });
   }
 
   private async reconcileRecord(record: SandboxRecord, reachable: Map<string, boolean>): Promise<void> {

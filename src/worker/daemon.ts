@@ -133,23 +133,32 @@ export class WorkerDaemon {
   /** Sends one heartbeat and returns; throws what the control plane (or the network) reported. */
   async heartbeatOnce(status: WorkerStatus = this.node.status): Promise<void> {
     const { worker_id: _id, ...doc } = this.node.heartbeat();
-    const body = JSON.stringify({ ...doc, status });
+    await this.post(this.heartbeatPath, { ...doc, status }, 'heartbeat');
+  }
+
+  /**
+   * POSTs `body` to a worker route of the control plane with this worker's credential and returns
+   * the reply text; a refusal becomes the control plane's StacyError, an unreachable control
+   * plane `unavailable`. `what` names the call in errors.
+   */
+  private async post(path: string, body: unknown, what: string): Promise<string> {
+    const timeout = this.options.heartbeatTimeoutMs ?? 10_000;
     let res: Dispatcher.ResponseData;
     try {
       res = await this.controlPlane.request({
-        path: this.heartbeatPath,
+        path,
         method: 'POST',
         headers: { ...(await this.credentials.headers('worker:control-plane')), 'content-type': 'application/json', 'x-request-id': newId('req') },
-        body,
-        headersTimeout: this.options.heartbeatTimeoutMs ?? 10_000,
-        bodyTimeout: this.options.heartbeatTimeoutMs ?? 10_000,
+        body: JSON.stringify(body),
+        headersTimeout: timeout,
+        bodyTimeout: timeout,
       });
     } catch (err) {
       throw new StacyError('unavailable', `control plane ${this.options.controlPlaneUrl} is unreachable: ${(err as { code?: string }).code ?? String(err)}`, { cause: err });
     }
     const text = await res.body.text().catch(() => '');
-    if (res.statusCode >= 200 && res.statusCode < 300) return;
-    throw errorFromControlPlane(res.statusCode, text, 'heartbeat');
+    if (res.statusCode < 200 || res.statusCode >= 300) throw errorFromControlPlane(res.statusCode, text, what);
+    return text;
   }
 
   /**
@@ -159,22 +168,7 @@ export class WorkerDaemon {
    * holds an unexpired lease); an unreachable control plane is `unavailable`.
    */
   async renewLease(resourceId: string, ttlMs: number): Promise<WireLease> {
-    const timeout = this.options.heartbeatTimeoutMs ?? 10_000;
-    let res: Dispatcher.ResponseData;
-    try {
-      res = await this.controlPlane.request({
-        path: `${this.workerPath}/leases/${encodeURIComponent(resourceId)}/renew`,
-        method: 'POST',
-        headers: { ...(await this.credentials.headers('worker:control-plane')), 'content-type': 'application/json', 'x-request-id': newId('req') },
-        body: JSON.stringify({ ttl: formatDuration(Math.max(1, Math.round(ttlMs))) }),
-        headersTimeout: timeout,
-        bodyTimeout: timeout,
-      });
-    } catch (err) {
-      throw new StacyError('unavailable', `control plane ${this.options.controlPlaneUrl} is unreachable: ${(err as { code?: string }).code ?? String(err)}`, { cause: err });
-    }
-    const text = await res.body.text().catch(() => '');
-    if (res.statusCode < 200 || res.statusCode >= 300) throw errorFromControlPlane(res.statusCode, text, 'lease renewal');
+    const text = await this.post(`${this.workerPath}/leases/${encodeURIComponent(resourceId)}/renew`, { ttl: formatDuration(Math.max(1, Math.round(ttlMs))) }, 'lease renewal');
     const lease = (JSON.parse(text) as { lease?: Partial<WireLease> }).lease;
     if (lease === undefined || typeof lease.resource_id !== 'string' || typeof lease.holder_id !== 'string' || typeof lease.generation !== 'number' || typeof lease.expires_at !== 'string') {
       throw new StacyError('internal', 'control plane answered the lease renewal without a lease');

@@ -68,11 +68,16 @@ export class RemoteWorkerPool {
    * connection to it.
    */
   abandon(workerId: string, reason: string): void {
+    void this.detach(workerId)?.abort(reason);
+  }
+
+  /** Forgets the worker's client and providers, so the next call connects afresh; returns the old client. */
+  private detach(workerId: string): RemoteWorkerClient | undefined {
     const client = this.clients.get(workerId);
-    if (client === undefined) return;
+    if (client === undefined) return undefined;
     this.clients.delete(workerId);
     for (const key of [...this.providers.keys()]) if (key.startsWith(`${workerId}\u0000`)) this.providers.delete(key);
-    void client.abort(reason);
+    return client;
   }
 
   /** Closes every connection. */
@@ -92,9 +97,7 @@ export class RemoteWorkerPool {
     if (existing !== undefined && existing.url === url) return existing;
     if (existing !== undefined) {
       // The worker restarted on another address: its old connections lead nowhere.
-      this.clients.delete(worker.id);
-      for (const key of [...this.providers.keys()]) if (key.startsWith(`${worker.id}\u0000`)) this.providers.delete(key);
-      await existing.close().catch(() => undefined);
+      await this.detach(worker.id)?.close().catch(() => undefined);
     }
     let credential: WorkerCredential;
     try {

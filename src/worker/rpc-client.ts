@@ -364,7 +364,7 @@ function decode<M extends WorkerMethod>(request: { id: string; method: M }, stat
 }
 
 /** Obtains the wire lease the control plane holds for a sandbox (resource) on this worker. */
-export type LeaseSupplier = (resourceId: string, operation: 'spawn' | 'destroy' | 'renew') => Promise<WireLease>;
+export type LeaseSupplier = (resourceId: string, operation: 'spawn' | 'destroy') => Promise<WireLease>;
 
 export interface RemoteProviderOptions {
   client: RemoteWorkerClient;
